@@ -1,0 +1,56 @@
+"""What a corrflow checkpoint holds besides Lightning's own keys, and how to read an encoder back.
+
+A training checkpoint (Lightning's ``.ckpt``) carries ``checkpoint["corrflow"]``:
+``{"format": 1, "encoder": <ResNetEncoder.config>, "encoder_prefix": "net.encoder.", ...}``.
+Downstream code (propagation, segmenters) rebuilds the encoder from that alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corrflow.models.encoder import ResNetEncoder
+
+FORMAT = 1
+
+
+def encoder_payload(encoder: ResNetEncoder, *, prefix: str) -> dict[str, Any]:
+    """The ``checkpoint["corrflow"]`` entry for a module whose encoder lives at ``prefix``."""
+    return {"format": FORMAT, "encoder": dict(encoder.config), "encoder_prefix": prefix}
+
+
+def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> ResNetEncoder:
+    """Rebuild the encoder saved in a corrflow training checkpoint, with its trained weights.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a corrflow checkpoint (no ``corrflow`` entry) or its weights
+            do not fit the encoder it describes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({e})") from e
+    meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "encoder" not in meta:
+        raise ValueError(
+            f"{path}: not a corrflow training checkpoint (no 'corrflow' entry with an encoder description); "
+            "train one with tools/train.py"
+        )
+    if meta.get("format", 0) > FORMAT:
+        raise ValueError(f"{path}: checkpoint format {meta['format']} is newer than this corrflow ({FORMAT})")
+    encoder = ResNetEncoder(**meta["encoder"])
+    prefix = meta["encoder_prefix"]
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: encoder weights do not match the described encoder: {e}") from e
+    return encoder

@@ -1,0 +1,106 @@
+"""One ResNet encoder, built from torchvision's ResNet parts, configurable into both variants.
+
+- CorrFlow (Lai & Xie 2019): conv1 7x7/2 without max-pool, layer2 stride 2, layer3 and layer4
+  stride 1 with 256 channels, then a 3x3 conv 256 -> 64: 64-d features at stride 4.
+- CRW evaluation encoder: torchvision ResNet-18 with max-pool, layer3 stride 1, layer4 removed:
+  256-d features at stride 8.
+
+Layer names follow torchvision's (conv1, bn1, layer1...), so torchvision state dicts load into
+the shared part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+_BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet feature extractor.
+
+    Args:
+        depth: 18 or 34 (BasicBlock ResNets).
+        maxpool: keep the 3x3/2 max-pool after conv1.
+        layer_strides: strides of layer2, layer3, layer4.
+        num_layers: 3 (drop layer4) or 4.
+        layer4_channels: width of layer4 (torchvision: 512; CorrFlow: 256).
+        out_channels: if set, a 3x3 conv maps the last layer to this many channels.
+        input_norm: 'none' (RGB in [0, 1] as CorrFlow) or 'imagenet' (mean/std normalised).
+
+    Input (B, 3, H, W) RGB in [0, 1]; output (B, out_dim, H / stride, W / stride).
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int = 18,
+        maxpool: bool = False,
+        layer_strides: Sequence[int] = (2, 1, 1),
+        num_layers: int = 4,
+        layer4_channels: int = 256,
+        out_channels: int | None = 64,
+        input_norm: str = "none",
+    ) -> None:
+        super().__init__()
+        if depth not in _BLOCKS:
+            raise ValueError(f"depth must be one of {sorted(_BLOCKS)}, got {depth}")
+        if num_layers not in (3, 4):
+            raise ValueError(f"num_layers must be 3 or 4, got {num_layers}")
+        if input_norm not in ("none", "imagenet"):
+            raise ValueError(f"input_norm must be 'none' or 'imagenet', got {input_norm!r}")
+        blocks = _BLOCKS[depth]
+        # The constructor arguments, stored in checkpoints so that an encoder can be rebuilt alone.
+        self.config = {
+            "depth": depth,
+            "maxpool": maxpool,
+            "layer_strides": [int(s) for s in layer_strides],
+            "num_layers": num_layers,
+            "layer4_channels": layer4_channels,
+            "out_channels": out_channels,
+            "input_norm": input_norm,
+        }
+        base = ResNet(BasicBlock, blocks)  # a builder for torchvision's layers
+        self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
+        self.maxpool = base.maxpool if maxpool else nn.Identity()
+        base.inplanes = 64
+        s2, s3, s4 = layer_strides
+        self.layer1 = base._make_layer(BasicBlock, 64, blocks[0], stride=1)
+        self.layer2 = base._make_layer(BasicBlock, 128, blocks[1], stride=s2)
+        self.layer3 = base._make_layer(BasicBlock, 256, blocks[2], stride=s3)
+        last = 256
+        if num_layers == 4:
+            self.layer4 = base._make_layer(BasicBlock, layer4_channels, blocks[3], stride=s4)
+            last = layer4_channels
+        self.head = nn.Conv2d(last, out_channels, 3, padding=1) if out_channels else nn.Identity()
+        self.out_dim = out_channels or last
+        self.stride = 2 * (2 if maxpool else 1) * s2 * s3 * (s4 if num_layers == 4 else 1)
+        self.input_norm = input_norm
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, out_dim, H / stride, W / stride)."""
+        if self.input_norm == "imagenet":
+            x = (x - self.mean) / self.std
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        if hasattr(self, "layer4"):
+            x = self.layer4(x)
+        return self.head(x)
+
+
+def corrflow_encoder() -> ResNetEncoder:
+    """The CorrFlow encoder: 64-d at stride 4."""
+    return ResNetEncoder()
+
+
+def crw_encoder() -> ResNetEncoder:
+    """The CRW evaluation encoder: 256-d at stride 8, ImageNet input normalisation."""
+    return ResNetEncoder(maxpool=True, layer_strides=(2, 1, 1), num_layers=3, out_channels=None, input_norm="imagenet")
