@@ -1,0 +1,130 @@
+"""Training clips: short runs of frames, a fixed gap apart, resized to a fixed size.
+
+The original CorrFlow split every video into consecutive, non-overlapping clips of 3 frames 4
+apart (frames 0, 4, 8 | 12, 16, 20 | ...), all of them visited each epoch: ``sampling='tiled'``.
+``sampling='random'`` instead draws ``clips_per_video`` random clips from each video per epoch.
+
+Unreadable or too-short videos are found when the dataset is built (a warning per file and a
+count). A video that fails later, mid-epoch, is skipped with a warning: the item is replaced by a
+clip of another video and the sample's ``skipped`` field counts the failures, so the training
+loop can report them at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from corrflow.data.readers import VideoReadError, num_frames, read_frames
+from corrflow.data.sources import VideoSource
+
+log = logging.getLogger(__name__)
+
+
+def resize_frames(frames: np.ndarray, size: Sequence[int]) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, h, w) float in [0, 1], bilinear (no antialias, as cv2.resize)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False).clamp_(0, 1)
+    return x
+
+
+class ClipDataset(Dataset):
+    """Clips of ``clip_len`` frames, ``frame_gap`` apart, from a list of video sources.
+
+    Args:
+        sources: the videos.
+        clip_len: frames per clip (CorrFlow: 3).
+        frame_gap: distance between consecutive clip frames (CorrFlow: 4).
+        size: (height, width) every frame is resized to (CorrFlow: 256 x 256).
+        sampling: 'tiled' (all non-overlapping clips, the original) or 'random'.
+        clips_per_video: with 'random', clips drawn from each video per epoch.
+        max_retries: replacement attempts after a read failure before giving up on the item.
+        progress: show a progress bar while probing the videos.
+
+    Items: ``{"frames": (clip_len, 3, h, w) float in [0, 1], "skipped": int}``.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[VideoSource],
+        *,
+        clip_len: int = 3,
+        frame_gap: int = 4,
+        size: Sequence[int] = (256, 256),
+        sampling: str = "tiled",
+        clips_per_video: int = 1,
+        max_retries: int = 10,
+        progress: bool = True,
+    ) -> None:
+        if sampling not in ("tiled", "random"):
+            raise ValueError(f"sampling must be 'tiled' or 'random', got {sampling!r}")
+        if clip_len < 1 or frame_gap < 1:
+            raise ValueError(f"clip_len and frame_gap must be >= 1, got {clip_len} and {frame_gap}")
+        self.clip_len, self.frame_gap, self.size = clip_len, frame_gap, tuple(size)
+        self.sampling, self.clips_per_video, self.max_retries = sampling, clips_per_video, max_retries
+        self.span = (clip_len - 1) * frame_gap + 1
+        self.videos: list[tuple[VideoSource, int]] = []  # (source, number of frames)
+        self.rejected: list[tuple[str, str]] = []  # (path, reason)
+        for src in tqdm(sources, desc="probing videos", disable=not progress or len(sources) < 20, leave=False):
+            try:
+                n = num_frames(src)
+            except VideoReadError as e:
+                self._reject(src.path, str(e))
+                continue
+            if n < self.span:
+                self._reject(src.path, f"{n} frames, fewer than a clip needs ({self.span})")
+                continue
+            self.videos.append((src, n))
+        if self.rejected:
+            log.warning("skipped %d of %d videos that cannot be used (named above)", len(self.rejected), len(sources))
+        if not self.videos:
+            raise ValueError(
+                f"none of the {len(sources)} videos can be used for {clip_len}-frame clips {frame_gap} apart"
+                + (f"; e.g. {self.rejected[0][0]}: {self.rejected[0][1]}" if self.rejected else "")
+            )
+        self.items = self._index()
+
+    def _reject(self, path: str, reason: str) -> None:
+        self.rejected.append((path, reason))
+        log.warning("skipping video %s: %s", path, reason)
+
+    def _index(self) -> list[tuple[int, int]]:
+        items = []
+        for v, (_, n) in enumerate(self.videos):
+            if self.sampling == "tiled":
+                step = self.clip_len * self.frame_gap
+                items.extend((v, s) for s in range(0, n - self.span + 1, step))
+            else:
+                items.extend((v, -1) for _ in range(self.clips_per_video))
+        return items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def clip_indices(self, index: int) -> tuple[VideoSource, list[int]]:
+        v, start = self.items[index]
+        src, n = self.videos[v]
+        if start < 0:
+            start = random.randint(0, n - self.span)
+        return src, [start + i * self.frame_gap for i in range(self.clip_len)]
+
+    def __getitem__(self, index: int) -> dict:
+        skipped = 0
+        for _ in range(self.max_retries + 1):
+            src, idx = self.clip_indices(index)
+            try:
+                frames = read_frames(src, idx)
+                return {"frames": resize_frames(frames, self.size), "skipped": skipped}
+            except VideoReadError as e:
+                skipped += 1
+                log.warning("skipping a clip: %s", e)
+                index = random.randrange(len(self.items))
+        raise VideoReadError(f"{self.max_retries + 1} clips in a row could not be read; last error above")

@@ -1,0 +1,128 @@
+"""``CorrFlowLitModule``: CorrFlow pretraining as a LightningModule."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from corrflow.lit.schedules import SampleMilestoneLR, linear_schedule
+from corrflow.models.bottleneck import ColourBottleneck
+from corrflow.models.checkpoint import encoder_payload
+from corrflow.models.corrflow import CorrFlow
+from corrflow.models.quantizer import ColourQuantizer
+
+log = logging.getLogger(__name__)
+
+
+class CorrFlowLitModule(pl.LightningModule):
+    """
+    Args:
+        net: the CorrFlow model.
+        quantizer: the colour bins (its centroids are saved in checkpoints).
+        bottleneck: the encoder-input bottleneck (training only).
+        optimizer: a partial optimizer taking the parameters (Adam, lr 2e-4).
+        batch_size: clips per step per device (turns the milestones' samples into steps).
+        lr_milestones: training samples after which the LR is multiplied by ``lr_gamma``.
+        lr_gamma: 0.5 (halved) in the paper.
+        p_gt_start, p_gt_end: scheduled sampling, the probability of a ground-truth reference,
+            linear over the whole run (0.9 -> 0.6).
+        cycle_weight: weight of the cycle losses (0.1).
+    Logged: ``train/loss``, ``train/loss_rec``, ``train/loss_cycle`` and their parts,
+    ``train/p_gt``, ``train/skipped_videos`` (per epoch) and the learning rate.
+    """
+
+    def __init__(
+        self,
+        *,
+        net: CorrFlow,
+        quantizer: ColourQuantizer,
+        bottleneck: ColourBottleneck,
+        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.Adam, lr=2e-4, betas=(0.9, 0.999)),
+        batch_size: int = 6,
+        lr_milestones: Sequence[int] = (400_000, 600_000, 800_000, 1_000_000),
+        lr_gamma: float = 0.5,
+        p_gt_start: float = 0.9,
+        p_gt_end: float = 0.6,
+        cycle_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "quantizer", "bottleneck", "optimizer"], logger=False)
+        self.net, self.quantizer, self.bottleneck, self.optimizer_factory = net, quantizer, bottleneck, optimizer
+        if quantizer.n_bins != net.n_bins:
+            raise ValueError(f"the colour bins have {quantizer.n_bins} centroids but the model predicts {net.n_bins}")
+        self._skipped = 0
+
+    # -- schedules -------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        try:
+            return int(self.trainer.estimated_stepping_batches)
+        except Exception:  # noqa: BLE001 - no trainer attached (e.g. used outside fit)
+            return 1
+
+    def p_gt(self) -> float:
+        """Scheduled-sampling probability at the current step (derived from the step: resumable)."""
+        return linear_schedule(self.global_step, self.total_steps(), start=self.hparams.p_gt_start, end=self.hparams.p_gt_end)
+
+    # -- steps -----------------------------------------------------------------------------
+    def model_step(self, batch: dict, *, train: bool) -> dict[str, Tensor]:
+        frames = batch["frames"]  # (B, T, 3, H, W)
+        b, t = frames.shape[:2]
+        labels = self.quantizer(frames.flatten(0, 1)).view(b, t, *frames.shape[-2:])
+        inputs = self.bottleneck(frames) if train else frames
+        p = self.p_gt()
+        use_gt = [random.random() < p for _ in range(max(t - 2, 0))]
+        out = self.net(inputs, labels, use_gt=use_gt, cycle_weight=self.hparams.cycle_weight)
+        out["labels"], out["inputs"] = labels, inputs
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        out = self.model_step(batch, train=True)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}: the run stops here, before this "
+                "step's update. The last good checkpoint is the newest one in the run's checkpoints/ folder; resume "
+                "with ckpt_path=<it>, perhaps with a lower model.optimizer.lr or trainer.precision=32-true"
+            )
+        self._skipped += int(batch["skipped"].sum()) if "skipped" in batch else 0
+        logs = {f"train/{k}": v for k, v in out.items() if k.startswith("loss_")}
+        logs["train/p_gt"] = torch.tensor(self.p_gt())
+        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["frames"].shape[0])
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["frames"].shape[0])
+        self._last_out = {k: out[k] for k in ("inputs", "labels") if k in out} | {
+            k: v for k, v in out.items() if k.startswith("pred_")
+        }
+        self._last_out["frames"] = batch["frames"].detach()
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        skipped = torch.tensor(float(self._skipped), device=self.device)
+        if self.trainer.world_size > 1:
+            skipped = self.all_gather(skipped).sum()
+        self.log("train/skipped_videos", skipped, on_step=False, on_epoch=True, sync_dist=False)
+        if skipped > 0:
+            log.warning("epoch %d: %d clips could not be read and were replaced (files named above)", self.current_epoch, int(skipped))
+        self._skipped = 0
+
+    # -- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        accumulate = getattr(self.trainer, "accumulate_grad_batches", 1) if self._trainer is not None else 1
+        world = self.trainer.world_size if self._trainer is not None else 1
+        samples_per_step = self.hparams.batch_size * world * accumulate
+        lr_lambda = SampleMilestoneLR(samples_per_step=samples_per_step, milestones=self.hparams.lr_milestones, gamma=self.hparams.lr_gamma)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        payload = encoder_payload(self.net.encoder, prefix="net.encoder.")
+        payload["colour_bins"] = self.quantizer.centroids.detach().cpu().tolist()
+        payload["stride"] = self.net.encoder.stride
+        checkpoint["corrflow"] = payload

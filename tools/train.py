@@ -1,0 +1,17 @@
+"""Train CorrFlow: ``python tools/train.py experiment=corrflow [key=value ...]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from corrflow.train import train
+from corrflow.utils.pylogger import setup_logging
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    setup_logging()
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
