@@ -22,6 +22,7 @@ _BACKENDS: dict[str, str] = {
     "unfold": "corrflow.attention.unfold:restricted_attention_unfold",
     "tiled": "corrflow.attention.tiled:restricted_attention_tiled",
     "flex": "corrflow.attention.flex:restricted_attention_flex",
+    "triton": "corrflow.attention.triton_kernel:restricted_attention_triton",
 }
 
 
@@ -32,18 +33,40 @@ def _resolve(name: str) -> Callable[..., Tensor]:
     return getattr(importlib.import_module(module), fn)
 
 
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on ``device`` here (the float64 dense reference is always listed)."""
+    """Backends that can run on ``device`` here (the float64 dense reference is always listed).
+
+    'triton' is listed on CUDA when triton imports (on the CPU it runs only under Triton's
+    interpreter, TRITON_INTERPRET=1, which is for tests, so it is not listed there).
+    """
     device = torch.device(device)
     names = ["reference", "unfold", "tiled"]
     if device.type == "cuda":
         names.append("flex")
+        if _triton_importable():
+            names.append("triton")
     return names
 
 
 def auto_backend(device: torch.device, *, topk: int | None = None) -> str:
-    """The backend ``backend='auto'`` picks: FlexAttention on CUDA (without top-k), else the tiled one."""
-    return "flex" if device.type == "cuda" and topk is None else "tiled"
+    """The backend ``backend='auto'`` picks.
+
+    CUDA: FlexAttention (without top-k) or the tiled backend (with top-k). The fused Triton
+    kernel is selected with ``backend='triton'``; it becomes the CUDA default once its GPU tests
+    and benchmark have run on a GPU (so far it is verified under Triton's CPU interpreter only).
+    Elsewhere: the tiled backend.
+    """
+    if device.type != "cuda":
+        return "tiled"
+    return "flex" if topk is None else "tiled"
 
 
 def check_shapes(query: Tensor, keys: Tensor, values: Tensor, radius: int) -> None:

@@ -78,4 +78,4 @@ def restricted_attention_tiled(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     out = torch.matmul(torch.softmax(logits, dim=-1), v)  # (B, nT, TT, D)
     out = out.view(b, nty, ntx, tile, tile, d).permute(0, 5, 1, 3, 2, 4).reshape(b, d, nty * tile, ntx * tile)
-    return out[:, :, :h, :w]
+    return out[:, :, :h, :w].contiguous()

@@ -62,21 +62,29 @@ def _key_block(block_x, radius):
 def _autotune_configs() -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_X": bx}, num_warps=nw, num_stages=ns)
-        for bx, nw in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8))
+        for bx in (16, 32, 64)
+        for nw in (2, 4, 8)
         for ns in (1, 2, 3)
     ]
 
 
+# Operand elements (q tile + key segment) per thread above which ptxas spills: from `ptxas -v` on
+# sm_90a builds of these kernels (bf16; C=256, BLOCK_X=16: 4 warps spill 240 B, 8 warps use 227
+# registers and none; C=64, BLOCK_X=32, 4 warps: 248 registers, no spill).
+_MAX_OPERAND_ELEMENTS_PER_THREAD = 48
+
+
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles whose q tile plus key segment would not fit in registers (they spill)."""
+    """Drop configs whose q tile plus key segment would spill registers (see the constant above)."""
     block_c = kwargs.get("BLOCK_C", named_args.get("BLOCK_C", 64))
     radius = kwargs.get("RADIUS", named_args.get("RADIUS", 0))
-    kept = [
-        cfg
-        for cfg in configs
-        if (cfg.kwargs["BLOCK_X"] + _key_block.fn(cfg.kwargs["BLOCK_X"], radius)) * block_c <= 96 * 256
-    ]
-    return kept or configs[:1]
+
+    def per_thread(cfg):
+        bx = cfg.kwargs["BLOCK_X"]
+        return (bx + _key_block.fn(bx, radius)) * block_c / (32 * cfg.num_warps)
+
+    kept = [cfg for cfg in configs if per_thread(cfg) <= _MAX_OPERAND_ELEMENTS_PER_THREAD]
+    return kept or [min(configs, key=per_thread)]
 
 
 def _maybe_autotune(kernel):
@@ -331,3 +339,157 @@ def _bwd_dkv_kernel(
 _fwd = _maybe_autotune(_fwd_kernel)
 _bwd_dq = _maybe_autotune(_bwd_dq_kernel)
 _bwd_dkv = _maybe_autotune(_bwd_dkv_kernel)
+
+
+# --------------------------------------------------------------------------------------------
+# Host side.
+# --------------------------------------------------------------------------------------------
+
+
+def interpreting() -> bool:
+    """Whether these kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return not isinstance(_fwd_kernel, triton.runtime.JITFunction)
+
+
+def _check_inputs(query: Tensor, keys: Tensor, values: Tensor, temperature: float) -> None:
+    for name, t in (("query", query), ("keys", keys), ("values", values)):
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(
+                f"the triton backend takes float32, bfloat16 or float16 tensors; {name} is {t.dtype} "
+                "(use backend='tiled' or 'reference' for float64)"
+            )
+        if t.device != query.device:
+            raise ValueError(f"{name} is on {t.device} but query is on {query.device}")
+    if temperature == 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be finite and non-zero, got {temperature}")
+    if query.device.type == "cpu" and not interpreting():
+        raise RuntimeError(
+            "the triton backend needs CUDA tensors. To run it on the CPU (slowly, for tests), set "
+            "TRITON_INTERPRET=1 before corrflow.attention.triton_kernel is first imported; "
+            "otherwise use backend='tiled'"
+        )
+    if query.device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"the triton backend runs on CUDA (or the CPU interpreter), not on {query.device}")
+
+
+def _blocks(c: int, d: int) -> dict[str, int]:
+    return {"BLOCK_C": max(16, triton.next_power_of_2(c)), "BLOCK_D": max(16, triton.next_power_of_2(d))}
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """TF32 for float32 operands only where torch.matmul would use it too."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _launch(kernel, *, width: int, rows: int, extra_grid: tuple[int, ...], args: tuple, meta: dict) -> None:
+    """Launch over (cdiv(width, BLOCK_X) * rows, *extra_grid) programs.
+
+    BLOCK_X (and warps, stages) are autotuned when compiled; the interpreter uses a fixed tile.
+    """
+    if isinstance(kernel, triton.runtime.Autotuner):
+        kernel[lambda m: (triton.cdiv(width, m["BLOCK_X"]) * rows, *extra_grid)](*args, **meta)
+    else:
+        bx = _INTERPRETER_BLOCK_X
+        kernel[(triton.cdiv(width, bx) * rows, *extra_grid)](*args, BLOCK_X=bx, **meta)
+
+
+def _topk_threshold(q: Tensor, k: Tensor, *, radius: int, qk_scale: float, topk: int) -> Tensor:
+    b, c, h, w = q.shape
+    thr = torch.empty((b, h, w), device=q.device, dtype=torch.float32)
+    bx, block_c = 16, _blocks(c, 1)["BLOCK_C"]  # not autotuned (forward-only inference path)
+    meta = {} if interpreting() else {"num_warps": 8 if block_c >= 128 else 4}  # 4 warps spill at C = 256
+    _topk_threshold_kernel[(triton.cdiv(w, bx) * h, b)](
+        q, k, thr, c, h, w, k.shape[1], qk_scale,
+        TOPK=topk, BLOCK_TOPK=max(16, triton.next_power_of_2(topk)), RADIUS=radius,
+        BLOCK_X=bx, BLOCK_C=block_c, DOT_PRECISION=_dot_precision(q.dtype), **meta,
+    )  # fmt: skip
+    return thr
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, *, radius: int, temperature: float, topk: int | None):
+    """(q, k, v) contiguous -> out (B, D, H, W) in promote(q, v) dtype, lse (B, H, W) float32 (log2 units)."""
+    b, c, h, w = q.shape
+    r, d = k.shape[1], v.shape[2]
+    qk_scale = _LOG2E / temperature
+    out = torch.empty((b, d, h, w), device=q.device, dtype=torch.promote_types(q.dtype, v.dtype))
+    lse = torch.empty((b, h, w), device=q.device, dtype=torch.float32)
+    thr = _topk_threshold(q, k, radius=radius, qk_scale=qk_scale, topk=topk) if topk is not None else lse
+    meta = {"RADIUS": radius, "HAS_TOPK": topk is not None, "DOT_PRECISION": _dot_precision(q.dtype), **_blocks(c, d)}
+    args = (q, k, v, out, lse, thr, c, d, h, w, r, qk_scale)
+    _launch(_fwd, width=w, rows=h, extra_grid=(b,), args=args, meta=meta)
+    return out, lse
+
+
+def _backward(q, k, v, out, lse, grad_out, *, radius: int, temperature: float, needs: tuple[bool, bool, bool]):
+    b, c, h, w = q.shape
+    r, d = k.shape[1], v.shape[2]
+    qk_scale, sm_scale = _LOG2E / temperature, 1.0 / temperature
+    grad_out = grad_out.contiguous()
+    delta = (grad_out.float() * out.float()).sum(1).contiguous()  # (B, H, W): dO . O per target
+    meta = {"RADIUS": radius, "DOT_PRECISION": _dot_precision(q.dtype), **_blocks(c, d)}
+    dq = dk = dv = None
+    if needs[0]:
+        dq = torch.empty_like(q)
+        args = (q, k, v, grad_out, lse, delta, dq, c, d, h, w, r, qk_scale, sm_scale)
+        _launch(_bwd_dq, width=w, rows=h, extra_grid=(b,), args=args, meta=meta)
+    if needs[1] or needs[2]:
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        args = (q, k, v, grad_out, lse, delta, dk, dv, c, d, h, w, r, qk_scale, sm_scale)
+        _launch(_bwd_dkv, width=w, rows=h, extra_grid=(r, b), args=args, meta=meta)
+    return dq, dk, dv
+
+
+class _RestrictedAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, keys, values, radius, temperature, topk):
+        q, k, v = query.contiguous(), keys.contiguous(), values.contiguous()
+        out, lse = _forward(q, k, v, radius=radius, temperature=temperature, topk=topk)
+        ctx.radius, ctx.temperature, ctx.topk = radius, temperature, topk
+        if topk is None:
+            ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.topk is not None:
+            raise RuntimeError(
+                "the triton backend's top-k restricted attention is forward-only (no backward): run it under "
+                "torch.no_grad(), or use backend='tiled' (or 'unfold') for a differentiable top-k"
+            )
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(
+            q, k, v, out, lse, grad_out, radius=ctx.radius, temperature=ctx.temperature, needs=ctx.needs_input_grad[:3]
+        )
+        return dq, dk, dv, None, None, None
+
+
+def restricted_attention_triton(
+    query: Tensor, keys: Tensor, values: Tensor, *, radius: int, temperature: float = 1.0, topk: int | None = None
+) -> Tensor:
+    """Fused Triton restricted attention; differentiable w.r.t. all three inputs when ``topk`` is None.
+
+    See :func:`corrflow.attention.functional.restricted_attention` for the contract.
+
+    Args:
+        query: (B, C, H, W) float32 / bfloat16 / float16, on CUDA (or CPU under TRITON_INTERPRET=1).
+        keys: (B, R, C, H, W); cast to ``query``'s dtype.
+        values: (B, R, D, H, W), any supported dtype.
+        radius: M >= 0.
+        temperature: logits are divided by it (finite, non-zero).
+        topk: keep the k largest logits over all references and offsets; forward-only.
+
+    Returns:
+        (B, D, H, W) in ``torch.promote_types(query.dtype, values.dtype)``.
+    """
+    _check_inputs(query, keys, values, temperature)
+    b, c, h, w = query.shape
+    r, d = keys.shape[1], values.shape[2]
+    if r < 1:
+        raise ValueError("restricted attention needs at least one reference frame (R >= 1)")
+    if topk is not None and topk < 1:
+        raise ValueError(f"topk must be >= 1 or None, got {topk}")
+    if topk is not None and topk >= r * (2 * radius + 1) ** 2:
+        topk = None  # at least as many as there are candidates: every candidate is kept
+    if query.numel() == 0 or values.numel() == 0:
+        return query.new_zeros((b, d, h, w), dtype=torch.promote_types(query.dtype, values.dtype))
+    return _RestrictedAttentionFunction.apply(query, keys.to(query.dtype), values, radius, temperature, topk)

@@ -17,4 +17,5 @@ def colour_nll(probs: Tensor, target: Tensor, *, eps: float = 1e-8) -> Tensor:
     """
     if probs.shape[0] != target.shape[0] or probs.shape[2:] != target.shape[1:]:
         raise ValueError(f"probs {tuple(probs.shape)} and target {tuple(target.shape)} do not match")
-    return torch.nn.functional.nll_loss(torch.log(probs.float() + eps), target)
+    # contiguous: CPU NLL backward rejects the strided layouts that upsampling can hand it
+    return torch.nn.functional.nll_loss(torch.log(probs.float() + eps).contiguous(), target)

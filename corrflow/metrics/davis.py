@@ -330,12 +330,18 @@ def score_davis_sequence(
     gt, pred = np.asarray(gt), np.asarray(pred)
     where = f"sequence {sequence!r}: " if sequence else ""
     if gt.ndim != 3 or gt.shape[0] < 3:
-        raise ValueError(f"{where}ground truth must be (T, H, W) with T >= 3 (first and last frames are not scored), got {gt.shape}")
+        raise ValueError(
+            f"{where}ground truth must be (T, H, W) with T >= 3 (first and last frames are not "
+            f"scored), got {gt.shape}"
+        )
     scored_gt = gt[1:-1]
     if pred.shape == gt.shape:
         pred = pred[1:-1]
     if pred.shape != scored_gt.shape:
-        raise ValueError(f"{where}prediction shape {pred.shape} matches neither {gt.shape} nor the scored frames {scored_gt.shape}")
+        raise ValueError(
+            f"{where}prediction shape {pred.shape} matches neither {gt.shape} "
+            f"nor the scored frames {scored_gt.shape}"
+        )
     object_ids = davis_object_ids(gt[0], single_object=single_object)
     if not object_ids:
         raise ValueError(f"{where}the first ground-truth frame contains no object")

@@ -1,14 +1,15 @@
 """PCK (percentage of correct keypoints) for propagated keypoints, JHMDB protocol.
 
-Matches the JHMDB evaluation of CRW (``ajabri/videowalk``, ``code/eval/eval_pck.py``), which
-TimeCycle, UVC and later work share:
+Matches the JHMDB evaluation of CRW (``ajabri/videowalk``, ``code/eval/eval_pck.py``):
 
 * Ground truth is 0-based pixel coordinates (JHMDB's 1-based ``pos_img`` minus 1).
 * The query frame (frame 0 for JHMDB) is not scored; neither is any earlier frame.
-* Only visible keypoints are scored. CRW marks a joint invisible when its propagated map is
-  empty, which happens exactly when the joint was not in the first frame; we take visibility
-  from the annotations (:mod:`corrflow.data.keypoint_annotations`), and a keypoint that is not
-  visible in the query frame is not scored in any frame (there was nothing to propagate).
+* Only visible keypoints are scored. CRW marks a joint invisible (in every frame) when its
+  propagated map is empty, which happens when the joint lies outside the first frame (its
+  Gaussian, sigma 0.5 feature cells, misses the label map). We take visibility from the
+  annotations (:mod:`corrflow.data.keypoint_annotations` reproduces CRW's rule, using the image
+  border), and a keypoint that is not visible in the query frame is not scored in any frame
+  (there was nothing to propagate).
 * The scale of frame t is ``0.6 * ||max - min||`` over the scored keypoints of frame t (the
   diagonal of their bounding box); a keypoint is correct when
   ``||pred - gt|| / scale <= alpha`` (``<=``, as CRW). A frame with zero scale (a single
@@ -68,7 +69,8 @@ def normalized_keypoint_distances(pred, gt, visible, *, query_frame: int | None 
 
     Returns:
         (T, K) float64: ``||pred - gt|| / (0.6 * bbox diagonal of frame t's scored keypoints)``;
-        NaN where not scored, +inf where scored but the prediction is not finite.
+        NaN where not scored; +inf where scored but the prediction is not finite or the
+        frame's scale is zero (both count as wrong).
     """
     pred, gt, visible = _as_numpy(pred, "pred"), _as_numpy(gt, "gt"), _as_numpy(visible, "visible")
     if gt.ndim != 3 or gt.shape[-1] != 2:

@@ -1,0 +1,249 @@
+"""Score DAVIS-layout results (palette PNGs) against DAVIS ground truth, as the official code does.
+
+Layout read::
+
+    <davis_root>/Annotations/<resolution>/<seq>/<frame>.png    ground truth (palette PNGs)
+    <davis_root>/ImageSets/<year>/<split>.txt                  one sequence name per line
+    <results_dir>/<seq>/<frame>.png                            results, same frame names
+
+Frames are the sorted ground-truth PNGs; the first and last are not scored and need no
+result. The metric rules are in :mod:`corrflow.metrics.davis`. Output, in ``output_dir``
+(default ``results_dir``), in the official columns and ``%.3f`` format::
+
+    global_results-<split>.csv          J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay
+    per-sequence_results-<split>.csv    Sequence,J-Mean,F-Mean   (rows <seq>_<object id>)
+
+Both are written atomically (temporary file, then rename), so a crash leaves either the old
+files or the new ones, never half a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from corrflow.metrics.davis import (
+    GLOBAL_COLUMNS,
+    DAVISScores,
+    ObjectScores,
+    davis_object_ids,
+    score_davis_sequence,
+)
+from corrflow.utils.io import read_indexed_png
+
+__all__ = [
+    "DAVISScores",
+    "evaluate_davis",
+    "format_davis_tables",
+    "read_davis_split",
+    "write_davis_csvs",
+]
+
+log = logging.getLogger(__name__)
+
+YEARS = ("2016", "2017")
+PER_SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
+
+
+def read_davis_split(davis_root: str | os.PathLike, split: str, *, year: str = "2017") -> list[str]:
+    """Sequence names of ``<davis_root>/ImageSets/<year>/<split>.txt`` (one per line)."""
+    path = Path(davis_root) / "ImageSets" / year / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"DAVIS split file not found: {path}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: the split file lists no sequence")
+    bad = [n for n in names if "/" in n or " " in n]
+    if bad:
+        raise ValueError(f"{path}: expected one sequence name per line, got {bad[0]!r}")
+    return names
+
+
+def _read_frames(paths: Sequence[Path], *, kind: str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read id maps into a (T, H, W) uint8 array; all frames must share one size."""
+    frames = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{kind} frame missing: {path} (results need one PNG per scored ground-truth frame, "
+                f"with the ground truth's file name)"
+            )
+        mask = read_indexed_png(path)
+        if shape is None:
+            shape = mask.shape
+        elif mask.shape != shape:
+            raise ValueError(
+                f"{path}: {kind} mask is {mask.shape[1]}x{mask.shape[0]} (WxH), "
+                f"expected {shape[1]}x{shape[0]} like the ground truth"
+            )
+        frames.append(mask)
+    return np.stack(frames)
+
+
+def _score_sequence(results_dir: Path, gt_dir: Path, seq: str, *, single_object: bool) -> list[ObjectScores]:
+    if not gt_dir.is_dir():
+        raise FileNotFoundError(f"ground truth of sequence {seq!r} not found: {gt_dir}")
+    gt_paths = sorted(gt_dir.glob("*.png"))
+    if len(gt_paths) < 3:
+        raise ValueError(
+            f"{gt_dir}: {len(gt_paths)} ground-truth frames; at least 3 are needed "
+            f"(first and last are not scored)"
+        )
+    seq_results = results_dir / seq
+    if not seq_results.is_dir():
+        raise FileNotFoundError(f"results of sequence {seq!r} not found: {seq_results}")
+    gt = _read_frames(gt_paths, kind="ground-truth")
+    result_paths = [seq_results / p.name for p in gt_paths[1:-1]]
+    pred = _read_frames(result_paths, kind="result", shape=gt.shape[1:])
+    n_objects = len(davis_object_ids(gt[0], single_object=single_object))
+    if not single_object and n_objects > 0:
+        for path, frame in zip(result_paths, pred):
+            extra = sorted(set(np.unique(frame).tolist()) - set(range(n_objects + 1)))
+            if extra:
+                raise ValueError(
+                    f"{path}: result ids {extra} are not objects of the ground truth "
+                    f"(ids 1..{n_objects} in {gt_paths[0]})"
+                )
+    try:
+        return score_davis_sequence(gt, pred, sequence=seq, single_object=single_object)
+    except ValueError as e:  # what is left to fail here is the ground truth (e.g. no object)
+        raise ValueError(f"{gt_paths[0]}: {e}") from e
+
+
+def _fmt(value: float) -> str:
+    """pandas ``to_csv(float_format='%.3f')`` formatting: NaN is an empty field."""
+    return "" if math.isnan(value) else "%.3f" % value
+
+
+def _csv_text(rows: Sequence[Sequence[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_davis_csvs(scores: DAVISScores, output_dir: str | os.PathLike, *, split: str) -> tuple[Path, Path]:
+    """Write ``global_results-<split>.csv`` and ``per-sequence_results-<split>.csv`` atomically.
+
+    Returns:
+        (global csv path, per-sequence csv path).
+    """
+    output_dir = Path(output_dir)
+    global_path = output_dir / f"global_results-{split}.csv"
+    per_seq_path = output_dir / f"per-sequence_results-{split}.csv"
+    g = scores.as_dict()
+    global_rows = [list(GLOBAL_COLUMNS), [_fmt(g[c]) for c in GLOBAL_COLUMNS]]
+    seq_rows = [list(PER_SEQUENCE_COLUMNS)] + [[o.name, _fmt(o.j_mean), _fmt(o.f_mean)] for o in scores.per_object]
+    _write_atomic(per_seq_path, _csv_text(seq_rows))
+    _write_atomic(global_path, _csv_text(global_rows))
+    return global_path, per_seq_path
+
+
+def format_davis_tables(scores: DAVISScores, *, split: str) -> str:
+    """The global and per-sequence tables as aligned text (what :func:`evaluate_davis` prints)."""
+
+    def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        return [" ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+
+    g = scores.as_dict()
+    lines = [f"--------------------------- Global results for {split} ---------------------------"]
+    lines += table(GLOBAL_COLUMNS, [[f"{g[c]:.3f}" for c in GLOBAL_COLUMNS]])
+    lines += ["", f"---------- Per sequence results for {split} ----------"]
+    lines += table(PER_SEQUENCE_COLUMNS, [[o.name, f"{o.j_mean:.3f}", f"{o.f_mean:.3f}"] for o in scores.per_object])
+    return "\n".join(lines)
+
+
+def evaluate_davis(
+    results_dir: str | os.PathLike,
+    davis_root: str | os.PathLike,
+    *,
+    sequences: Sequence[str] | None = None,
+    split: str | None = None,
+    year: str = "2017",
+    resolution: str = "480p",
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> DAVISScores:
+    """Score semi-supervised DAVIS results with the official rules; write the official CSVs.
+
+    Args:
+        results_dir: folder of ``<seq>/<frame>.png`` palette PNGs (ids as in ground truth).
+        davis_root: DAVIS folder holding ``Annotations/`` and ``ImageSets/``.
+        sequences: sequences to score; overrides ``split``.
+        split: name of ``ImageSets/<year>/<split>.txt`` (e.g. ``"val"``); also names the CSVs
+            (``"custom"`` when only ``sequences`` is given).
+        year: ``"2017"`` (multi-object ids) or ``"2016"`` (one object: any non-zero id, in
+            ground truth and results, is the object).
+        resolution: ``Annotations`` sub-folder, ``"480p"`` or ``"Full-Resolution"``.
+        output_dir: where the CSVs go (default ``results_dir``).
+        progress: show a progress bar (stderr) and print the result tables (stdout).
+
+    Returns:
+        :class:`DAVISScores`: global metrics and one :class:`ObjectScores` per (sequence, object).
+
+    Raises:
+        FileNotFoundError: missing split file, sequence ground truth, results folder or result frame.
+        ValueError: empty split file, result of another size than ground truth, ids that ground
+            truth lacks, non-palette result PNG, fewer than 3 frames, no object in the first frame.
+    """
+    if year not in YEARS:
+        raise ValueError(f"year must be one of {YEARS}, got {year!r}")
+    results_dir, davis_root = Path(results_dir), Path(davis_root)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder not found: {results_dir}")
+    if not davis_root.is_dir():
+        raise FileNotFoundError(f"DAVIS root not found: {davis_root}")
+    if sequences is None:
+        if split is None:
+            raise ValueError("give sequences=[...] or split='val' (ImageSets/<year>/<split>.txt)")
+        sequences = read_davis_split(davis_root, split, year=year)
+    elif isinstance(sequences, str):
+        sequences = [sequences]
+    if not sequences:
+        raise ValueError("no sequence to evaluate")
+    gt_root = davis_root / "Annotations" / resolution
+    if not gt_root.is_dir():
+        raise FileNotFoundError(f"DAVIS annotations not found: {gt_root}")
+
+    iterator = list(sequences)
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, desc="DAVIS", unit="seq")
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            pass
+    objects: list[ObjectScores] = []
+    for seq in iterator:
+        seq_scores = _score_sequence(results_dir, gt_root / seq, seq, single_object=year == "2016")
+        log.debug("%s: %s", seq, ", ".join(f"{o.name} J={o.j_mean:.3f} F={o.f_mean:.3f}" for o in seq_scores))
+        objects.extend(seq_scores)
+    scores = DAVISScores.from_objects(objects)
+
+    name = split if split is not None else "custom"
+    paths = write_davis_csvs(scores, output_dir if output_dir is not None else results_dir, split=name)
+    log.info(
+        "DAVIS %s: J&F %.3f (J %.3f, F %.3f); wrote %s",
+        name, scores.jf_mean, scores.j_mean, scores.f_mean, paths[0],
+    )
+    if progress:
+        print(format_davis_tables(scores, split=name))
+    return scores
