@@ -32,6 +32,30 @@ def resolve_precision(precision: Any) -> Any:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def colour_bins_path(cfg: DictConfig, datamodule) -> Path:
+    """``colour_bins.path``, or the per-data-set default ``<cache_dir>/colour_bins/k<K>-<fingerprint>.npz``."""
+    cb = cfg.colour_bins
+    if cb.path:
+        return Path(cb.path)
+    return Path(cfg.paths.cache_dir) / "colour_bins" / f"k{cb.n_bins}-{sources_fingerprint(datamodule.sources())}.npz"
+
+
+def fit_and_save_colour_bins(cfg: DictConfig, datamodule, path: Path) -> Path:
+    """Fit the colour bins on the configured data and save the artefact at ``path``."""
+    cb = cfg.colour_bins
+    log.info("colour bins: fitting %d k-means bins on up to %d frames -> %s", cb.n_bins, cb.n_frames, path)
+    centroids, meta = fit_colour_bins(
+        datamodule.sources(),
+        n_bins=cb.n_bins,
+        n_frames=cb.n_frames,
+        pixels_per_frame=cb.pixels_per_frame,
+        size=tuple(cfg.data.size),
+        seed=cb.seed,
+    )
+    save_colour_bins(path, centroids, meta)
+    return path
+
+
 def prepare_colour_bins(cfg: DictConfig, datamodule) -> Path:
     """Find (or fit and save) the colour-bin artefact; writes its path into ``cfg.colour_bins.path``.
 
@@ -39,11 +63,7 @@ def prepare_colour_bins(cfg: DictConfig, datamodule) -> Path:
     so each data set gets its own bins, fitted once. Resuming from a checkpoint whose bins file is
     gone restores the file from the checkpoint.
     """
-    cb = cfg.colour_bins
-    if cb.path:
-        path = Path(cb.path)
-    else:
-        path = Path(cfg.paths.cache_dir) / "colour_bins" / f"k{cb.n_bins}-{sources_fingerprint(datamodule.sources())}.npz"
+    path = colour_bins_path(cfg, datamodule)
     if not path.is_file():
         if cfg.get("ckpt_path"):
             ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
@@ -52,18 +72,9 @@ def prepare_colour_bins(cfg: DictConfig, datamodule) -> Path:
                 log.info("colour bins: restoring %s from checkpoint %s", path, cfg.ckpt_path)
                 save_colour_bins(path, bins, {"restored_from": str(cfg.ckpt_path)})
         if not path.is_file():
-            if not cb.fit_if_missing:
+            if not cfg.colour_bins.fit_if_missing:
                 raise FileNotFoundError(f"colour-bin file not found: {path} (fit one with tools/fit_colour_bins.py, or set colour_bins.fit_if_missing=true)")
-            log.info("colour bins: fitting %d k-means bins on up to %d frames -> %s", cb.n_bins, cb.n_frames, path)
-            centroids, meta = fit_colour_bins(
-                datamodule.sources(),
-                n_bins=cb.n_bins,
-                n_frames=cb.n_frames,
-                pixels_per_frame=cb.pixels_per_frame,
-                size=tuple(cfg.data.size),
-                seed=cb.seed,
-            )
-            save_colour_bins(path, centroids, meta)
+            fit_and_save_colour_bins(cfg, datamodule, path)
     with open_dict(cfg):
         cfg.colour_bins.path = str(path)
     return path

@@ -113,3 +113,20 @@ def test_ddp_on_two_cpu_processes(tiny_train_cfg):
     cfg = tiny_train_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "trainer.strategy=ddp_spawn")
     _, objs = train(cfg)
     assert objs["trainer"].world_size == 2
+
+
+def test_fit_colour_bins_tool_writes_the_artefact(tmp_path, video_root):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    bins = tmp_path / "bins.npz"
+    cmd = [sys.executable, str(root / "tools" / "fit_colour_bins.py"), f"data.root={video_root}", f"colour_bins.path={bins}",
+           "colour_bins.n_frames=20", "data.size=[32,32]", f"hydra.run.dir={tmp_path / 'run'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "saved 16 colour bins" in res.stdout
+    from corrflow.models.quantizer import load_colour_bins
+
+    centroids, meta = load_colour_bins(bins, n_bins=16)
+    assert meta["frames"] == 20 and meta["n_bins"] == 16

@@ -1,0 +1,30 @@
+"""Fit the k-means Lab colour bins on a data set and save the artefact.
+
+``python tools/fit_colour_bins.py data.root=/path/to/videos [colour_bins.path=bins.npz colour_bins.n_frames=10000]``
+
+Uses the training config (same data settings, same default artefact path), so a later
+``tools/train.py`` run with the same data finds and reuses the file. Refits if it exists.
+"""
+
+import json
+
+import hydra
+from omegaconf import DictConfig
+
+from corrflow.models.quantizer import load_colour_bins
+from corrflow.train import colour_bins_path, fit_and_save_colour_bins
+from corrflow.utils.pylogger import setup_logging
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    setup_logging()
+    datamodule = hydra.utils.instantiate(cfg.data)
+    path = fit_and_save_colour_bins(cfg, datamodule, colour_bins_path(cfg, datamodule))
+    centroids, meta = load_colour_bins(path)
+    print(f"saved {centroids.shape[0]} colour bins to {path}")
+    print(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+    main()
