@@ -7,7 +7,6 @@ one step to the end of the next, so waiting on the data loader is counted.
 
 from __future__ import annotations
 
-import gc
 import resource
 import time
 from pathlib import Path
@@ -43,50 +42,52 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
+def _run_one(backend: str, steps: int, warmup: int, overrides: list[str], workdir: str) -> dict:
+    """Train one backend in this process (see ``run_train_benchmark``)."""
+    import hydra
+
+    from corrflow.train import prepare_colour_bins, resolve_precision
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=[
+            "logger=none", f"model.net.attention.backend={backend}", f"trainer.max_steps={warmup + steps}",
+            "++trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", *overrides])
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = f"{workdir}/{backend}"
+        cfg.callbacks = {}
+        del cfg["hydra"]
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision)
+    GlobalHydra.instance().clear()
+    dm = hydra.utils.instantiate(cfg.data)
+    prepare_colour_bins(cfg, dm)
+    model = hydra.utils.instantiate(cfg.model)
+    timer = _StepTimer(warmup)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_progress_bar=False)
+    row = {"backend": backend, "device": str(trainer.strategy.root_device), "precision": str(cfg.trainer.precision),
+           "batch": cfg.data.batch_size, "size": list(cfg.data.size)}
+    try:
+        trainer.fit(model, datamodule=dm)
+        elapsed = timer.end - timer.start
+        row |= {"steps": steps, "seconds": elapsed, "clips_per_s": timer.clips / elapsed, "peak_rss_gib": _peak_rss_gib()}
+        if torch.cuda.is_available():
+            row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+        row["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return row
+
+
 def run_train_benchmark(*, backends: list[str], steps: int, warmup: int, overrides: list[str], workdir: str) -> list[dict]:
-    """Train ``warmup + steps`` steps per backend; returns one row per backend."""
-    from corrflow.train import prepare_colour_bins
+    """Train ``warmup + steps`` steps per backend, each in a fresh process (so each peak memory is
+    its own); returns one row per backend."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
     rows = []
-    for backend in backends:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(config_name="train", return_hydra_config=True, overrides=[
-                "logger=none", f"model.net.attention.backend={backend}", f"trainer.max_steps={warmup + steps}",
-                "++trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", *overrides])
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = f"{workdir}/{backend}"
-            cfg.callbacks = {"colourisation_images": None}
-            del cfg["hydra"]
-        GlobalHydra.instance().clear()
-        import hydra
-
-        from corrflow.train import resolve_precision
-
-        dm = hydra.utils.instantiate(cfg.data)
-        prepare_colour_bins(cfg, dm)
-        model = hydra.utils.instantiate(cfg.model)
-        timer = _StepTimer(warmup)
-        with open_dict(cfg):
-            cfg.trainer.precision = resolve_precision(cfg.trainer.precision)
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_progress_bar=False)
-        row = {"backend": backend, "device": str(trainer.strategy.root_device), "precision": str(cfg.trainer.precision),
-               "batch": cfg.data.batch_size, "size": list(cfg.data.size)}
-        try:
-            trainer.fit(model, datamodule=dm)
-            elapsed = timer.end - timer.start
-            row |= {"steps": steps, "seconds": elapsed, "clips_per_s": timer.clips / elapsed}
-            if torch.cuda.is_available():
-                row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            row["peak_rss_gib"] = _peak_rss_gib()
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            row["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        rows.append(row)
-        del model, trainer, dm
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    for backend in backends:  # executor workers are not daemonic, so data-loader workers may start
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            rows.append(pool.submit(_run_one, backend, steps, warmup, list(overrides), workdir).result())
     return rows
 
 
