@@ -29,10 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--json", default=None)
     t.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. data.root=... data.num_workers=8")
 
-    r = sub.add_parser("propagate", help="label propagation frames/s at 480p vs a dense-affinity implementation")
-    r.add_argument("--json", default=None)
-    r.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("propagate", help="label propagation frames/s at 480p vs a dense-affinity implementation", add_help=False)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["propagate"]:  # its own options: see `benchmark.py propagate --help`
+        from corrflow.benchmarks.propagate import main as propagate_main
+
+        propagate_main(argv[1:])
+        return 0
     args = p.parse_args(argv)
     if args.what == "attention":
         from corrflow.benchmarks.attention import format_table, main_rows
@@ -45,10 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as work:
             rows = run_train_benchmark(backends=args.backends, steps=args.steps, warmup=args.warmup, overrides=args.overrides, workdir=work)
         print(format_train_table(rows))
-    else:
-        from corrflow.benchmarks.propagate import main as propagate_main
-
-        rows = propagate_main(args.rest)
     if getattr(args, "json", None):
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

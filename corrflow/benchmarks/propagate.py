@@ -1,0 +1,122 @@
+"""Label-propagation speed at 480p: ours against a straightforward dense-affinity implementation.
+
+Both run the CRW protocol (first frame + 20 previous frames, radius 12 for the recent frames,
+top-10, temperature 0.05, soft labels) with the CRW encoder (256-d at stride 8), end to end: every
+frame goes through the encoder, then propagation.
+
+- ``ours``: :class:`corrflow.propagation.LabelPropagator`, streaming: memory is bounded by the
+  context (21 frames), whatever the video length.
+- ``dense``: what a direct implementation does (as CRW's test code): encode the whole video up
+  front, then for each frame build the full (HW x 21*HW) affinity to its context, mask it to the
+  radius, top-k, softmax. Its memory grows with the video (all features are kept).
+
+The largest video that fits is computed from measured per-frame memory: ``dense`` keeps
+C x h x w floats per frame; ``ours`` keeps none beyond the context, so it has no length limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from corrflow.models.encoder import crw_encoder
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def dense_propagation(frames: torch.Tensor, first_labels: torch.Tensor, encoder, *, n_recent=20, radius=12, topk=10, temperature=0.05):
+    """frames (T, 3, H, W), first_labels (D, h, w) -> (T, D, h, w) soft labels (dense affinities)."""
+    feats = torch.cat([F.normalize(encoder(f[None]), dim=1) for f in frames])  # (T, C, h, w): whole video
+    t, c, h, w = feats.shape
+    yy, xx = torch.meshgrid(torch.arange(h, device=feats.device), torch.arange(w, device=feats.device), indexing="ij")
+    yy, xx = yy.flatten(), xx.flatten()
+    near = ((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)  # (HW, HW)
+    labels = [first_labels]
+    for i in range(1, t):
+        ctx = [0] + [max(0, j) for j in range(i - n_recent, i)]
+        keys = feats[ctx].flatten(2).permute(1, 0, 2).reshape(c, -1)  # (C, R*HW)
+        vals = torch.stack([labels[j] for j in ctx]).flatten(2).permute(0, 2, 1).reshape(-1, first_labels.shape[0])
+        aff = feats[i].flatten(1).t() @ keys / temperature  # (HW, R*HW)
+        mask = torch.cat([torch.ones_like(near)] + [near] * n_recent, dim=1)
+        aff = aff.masked_fill(~mask, float("-inf"))
+        val, idx = aff.topk(topk, dim=1)
+        wts = torch.softmax(val, dim=1)
+        labels.append((wts[..., None] * vals[idx]).sum(1).t().reshape(-1, h, w))
+    return torch.stack(labels)
+
+
+def _time(fn, device) -> tuple[float, float]:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return time.perf_counter() - t0, peak
+
+
+def run_propagate_benchmark(*, frames: int, height: int, width: int, n_objects: int, device: str, skip_dense: bool = False) -> list[dict]:
+    from corrflow.propagation.propagator import LabelPropagator
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    enc = crw_encoder().eval().to(dev)
+    video = torch.rand(frames, 3, height, width, device=dev)
+    h, w = -(-height // enc.stride), -(-width // enc.stride)
+    first = F.one_hot(torch.randint(0, n_objects + 1, (h, w), device=dev), n_objects + 1).permute(2, 0, 1).float()
+    rows = []
+
+    def ours():
+        prop = LabelPropagator(enc, device=dev)
+        prop.step(video[0], first)
+        for f in video[1:]:
+            prop.step(f)
+
+    ours()  # warm-up (allocations, kernels)
+    secs, peak = _time(ours, dev)
+    rows.append({"impl": "ours (streaming)", "frames": frames, "fps": frames / secs, "seconds": secs, "peak_gib": peak, "max_frames": "unbounded (context only)"})
+    if not skip_dense:
+        secs_d, peak_d = _time(lambda: dense_propagation(video, first, enc), dev)
+        per_frame = 256 * h * w * 4 / 2**30  # GiB of features the dense version keeps per frame
+        total = torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else None
+        max_frames = int((total - peak_d + per_frame * frames) / per_frame) if total else "memory / {:.4f} GiB".format(per_frame)
+        rows.append({"impl": "dense affinity", "frames": frames, "fps": frames / secs_d, "seconds": secs_d, "peak_gib": peak_d, "max_frames": max_frames})
+    return rows
+
+
+def format_rows(rows: list[dict], *, device: str, height: int, width: int) -> str:
+    base = next((r for r in rows if r["impl"] == "dense affinity"), None)
+    out = [f"label propagation, CRW protocol, {height}x{width}, stride 8, 256-d, on {device}",
+           "| implementation | frames | frames/s | vs dense | peak GPU GiB | longest video |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['fps'] / base['fps']:.1f}x" if base else "-"
+        peak = "-" if r["peak_gib"] != r["peak_gib"] else f"{r['peak_gib']:.2f}"  # NaN off-GPU
+        out.append(f"| {r['impl']} | {r['frames']} | {r['fps']:.2f} | {ratio} | {peak} | {r['max_frames']} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="benchmark.py propagate")
+    p.add_argument("--frames", type=int, default=None, help="video length (default: 100 on GPU, 6 on CPU)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=854)
+    p.add_argument("--objects", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--skip-dense", action="store_true")
+    a = p.parse_args(argv)
+    frames = a.frames or (100 if a.device.startswith("cuda") else 6)
+    rows = run_propagate_benchmark(frames=frames, height=a.height, width=a.width, n_objects=a.objects, device=a.device, skip_dense=a.skip_dense)
+    print(format_rows(rows, device=a.device, height=a.height, width=a.width))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
