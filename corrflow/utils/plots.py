@@ -1,0 +1,74 @@
+"""Training curves from a run's CSV log, as a picture."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from pathlib import Path
+
+
+def read_metrics_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Lightning CSVLogger ``metrics.csv`` -> {metric: [(step, value), ...]} (empty cells dropped)."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row["step"]))
+            for k, v in row.items():
+                if k not in ("step", "epoch") and v not in ("", None):
+                    series[k].append((step, float(v)))
+    if not series:
+        raise ValueError(f"{path}: no metrics in this CSV")
+    return dict(series)
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike, *, title: str = "", smooth: int = 10) -> Path:
+    """Loss parts (raw and smoothed), the scheduled-sampling probability and the learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = read_metrics_csv(metrics_csv)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key, colour in [("train/loss_step", "k"), ("train/loss_rec", "tab:blue"), ("train/loss_cycle", "tab:orange")]:
+        if key in s:
+            steps, vals = zip(*s[key])
+            axes[0].plot(steps, vals, color=colour, alpha=0.25, lw=0.8)
+            axes[0].plot(steps, _smooth(list(vals), smooth), color=colour, lw=1.8, label=key.split("/")[1].replace("_step", ""))
+    axes[0].set(xlabel="step", ylabel="NLL", title="losses (light: per step; dark: running mean)")
+    axes[0].legend()
+    for key in sorted(k for k in s if k.startswith(("train/loss_rec_", "train/loss_cycle_"))):
+        steps, vals = zip(*s[key])
+        axes[1].plot(steps, _smooth(list(vals), smooth), lw=1.5, label=key.split("/")[1])
+    axes[1].set(xlabel="step", ylabel="NLL", title="each recursion step / cycle (running mean)")
+    axes[1].legend(fontsize=8)
+    ax = axes[2]
+    if "train/p_gt" in s:
+        ax.plot(*zip(*s["train/p_gt"]), color="tab:green", label="P(ground-truth reference)")
+    ax.set(xlabel="step", title="schedules")
+    lr_key = next((k for k in s if k.startswith("lr-")), None)
+    if lr_key:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*s[lr_key]), color="tab:red", ls="--", label="learning rate")
+        ax2.set_ylabel("learning rate")
+        ax2.legend(loc="lower right")
+    ax.legend(loc="upper right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
