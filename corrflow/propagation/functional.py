@@ -1,0 +1,240 @@
+"""Pure tensor functions of label propagation: the context schedule, the CRW mixed-context
+affinity (a global first frame plus windowed recent frames, one joint top-k and softmax), and the
+arg-max feed-back of the CorrFlow protocol.
+
+The windowed-only case (CorrFlow's previous frame; CRW without a global first frame) is
+:func:`corrflow.attention.restricted_attention`; :func:`mixed_context_attention` adds one frame
+that every target location sees whole, with the top-k taken jointly over both parts.
+
+Top-k in :func:`mixed_context_attention` keeps exactly k candidates per target (as CRW's
+``torch.topk``; on exact ties at the k-th value, which ones is unspecified), while
+``restricted_attention`` keeps every logit tied with the k-th. Without ties they agree.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["context_indices", "mixed_context_attention", "onehot_argmax", "window_mask"]
+
+
+def context_indices(t: int, *, n_recent: int, first: int = 0, global_first: bool = True) -> list[int]:
+    """Frame indices that target frame ``t`` reads, in the order the propagator stacks them.
+
+    The first frame (``first``) comes first when ``global_first``; then the ``n_recent`` frames
+    before ``t``, oldest first, with indices before ``first`` replaced by ``first`` (the start of
+    the video is padded with the first frame, as CRW's context bank does).
+
+    >>> context_indices(3, n_recent=4)
+    [0, 0, 0, 1, 2]
+    """
+    if t <= first:
+        raise ValueError(f"target frame {t} must come after the first frame {first}")
+    if n_recent < 0:
+        raise ValueError(f"n_recent must be >= 0, got {n_recent}")
+    recent = [max(first, i) for i in range(t - n_recent, t)]
+    return ([first] if global_first else []) + recent
+
+
+def onehot_argmax(labels: Tensor) -> Tensor:
+    """Harden soft labels: one-hot of the arg-max over channels.
+
+    Args:
+        labels: (B, D, H, W) soft label maps.
+
+    Returns:
+        (B, D, H, W) of the same dtype, exactly one 1 per location (the first maximum on ties).
+    """
+    if labels.dim() != 4:
+        raise ValueError(f"labels must be (B, D, H, W), got shape {tuple(labels.shape)}")
+    idx = labels.argmax(dim=1)  # (B, H, W)
+    return F.one_hot(idx, labels.shape[1]).permute(0, 3, 1, 2).to(labels.dtype)
+
+
+@lru_cache(maxsize=256)
+def window_mask(h: int, w: int, radius: int, tile: int, rows: range, device: torch.device | str = "cpu") -> Tensor:
+    """Which key of each tile's key region a query of that tile may attend to.
+
+    The target frame is cut into ``tile`` x ``tile`` tiles (row-major, ``ceil(w / tile)`` a row);
+    the key region of a tile is the tile grown by ``radius`` on every side (side S = tile + 2M).
+    A key is allowed when it lies inside the (h, w) frame and within ``radius`` (Chebyshev) of
+    the query.
+
+    Args:
+        rows: the tile rows to build (e.g. ``range(2, 4)``).
+
+    Returns:
+        (nTiles, T*T, S*S) bool for the ``len(rows) * ceil(w / tile)`` tiles of those rows (cached:
+        treat it as read-only).
+    """
+    s = tile + 2 * radius
+    ntx = -(-w // tile)
+    q = torch.arange(tile * tile, device=device)
+    k = torch.arange(s * s, device=device)
+    qy, qx = q // tile, q % tile  # query position inside its tile
+    ky, kx = k // s - radius, k % s - radius  # key position relative to the tile origin
+    near = ((qy[:, None] - ky[None]).abs() <= radius) & ((qx[:, None] - kx[None]).abs() <= radius)  # (TT, SS)
+    oy = torch.tensor(list(rows), device=device)[:, None] * tile  # (nRows, 1) tile origins
+    ox = torch.arange(ntx, device=device)[None, :] * tile  # (1, nTx)
+    gy = oy[..., None] + ky  # (nRows, 1, SS) absolute key rows
+    gx = ox[..., None] + kx  # (1, nTx, SS)
+    inside = (gy >= 0) & (gy < h) & (gx >= 0) & (gx < w)  # (nRows, nTx, SS)
+    return (near[None, None] & inside[:, :, None, :]).reshape(-1, tile * tile, s * s)
+
+
+def _tiles(x: Tensor, tile: int) -> Tensor:
+    """(N, C, H, W) -> (N, nTy, nTx, T*T, C): the frame cut into tiles, zero-padded at the end."""
+    n, c, h, w = x.shape
+    nty, ntx = -(-h // tile), -(-w // tile)
+    x = F.pad(x, (0, ntx * tile - w, 0, nty * tile - h))
+    return x.view(n, c, nty, tile, ntx, tile).permute(0, 2, 4, 3, 5, 1).reshape(n, nty, ntx, tile * tile, c)
+
+
+def _regions(x: Tensor, radius: int, tile: int) -> Tensor:
+    """(N, C, H, W) -> (N, C, nTy, nTx, S, S) view: each tile's key region, zeros outside the frame."""
+    _, _, h, w = x.shape
+    nty, ntx = -(-h // tile), -(-w // tile)
+    s = tile + 2 * radius
+    x = F.pad(x, (radius, radius + ntx * tile - w, radius, radius + nty * tile - h))
+    return x.unfold(2, s, tile).unfold(3, s, tile)
+
+
+def mixed_context_attention(
+    query: Tensor,
+    first_key: Tensor,
+    first_value: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    *,
+    radius: int,
+    temperature: float = 1.0,
+    topk: int | None = None,
+    tile: int = 8,
+    max_logits: int = 1 << 25,
+) -> Tensor:
+    """CRW-style propagation: a global first frame plus windowed recent frames, one joint softmax.
+
+    For a target location p the candidates are every location of the first frame, and, in each
+    recent frame r, the locations within ``radius`` (Chebyshev) of p that lie inside the frame.
+    logit = <query[p], key> / temperature. With ``topk``, logits below the k-th largest over all
+    candidates (both parts together) are dropped; exactly k are kept. The output is the softmax-weighted sum of the
+    candidates' values.
+
+    Args:
+        query: (B, C, H, W) target features.
+        first_key: (B, C, H, W) features of the frame seen whole (CRW's long-term memory).
+        first_value: (B, D, H, W) its labels.
+        keys: (B, R, C, H, W) features of R recent frames (R may be 0).
+        values: (B, R, D, H, W) their labels.
+        radius: M, the window half-size for recent frames, in feature cells.
+        temperature: logits are divided by it (once).
+        topk: keep the k largest logits per target (None: all).
+        tile: tile side for the windowed part (memory vs. over-computation trade-off).
+        max_logits: about how many logits one chunk of target tiles may hold; bounds memory.
+
+    Returns:
+        (B, D, H, W) propagated labels.
+    """
+    b, c, h, w = query.shape
+    d = first_value.shape[1]
+    if first_key.shape != query.shape:
+        raise ValueError(f"first_key {tuple(first_key.shape)} must match query {tuple(query.shape)}")
+    if first_value.shape != (b, d, h, w):
+        raise ValueError(f"first_value must be ({b}, D, {h}, {w}), got {tuple(first_value.shape)}")
+    if keys.dim() != 5 or keys.shape[0] != b or keys.shape[2:] != (c, h, w):
+        raise ValueError(f"keys must be ({b}, R, {c}, {h}, {w}), got {tuple(keys.shape)}")
+    r = keys.shape[1]
+    if values.shape != (b, r, d, h, w):
+        raise ValueError(f"values must be ({b}, {r}, {d}, {h}, {w}), got {tuple(values.shape)}")
+    if radius < 0 or tile < 1:
+        raise ValueError(f"radius must be >= 0 and tile >= 1, got {radius}, {tile}")
+    if topk is not None and topk < 1:
+        raise ValueError(f"topk must be >= 1 or None, got {topk}")
+
+    tt, s = tile * tile, tile + 2 * radius
+    ss = s * s
+    nty, ntx = -(-h // tile), -(-w // tile)
+    q_tiles = _tiles(query, tile)  # (B, nTy, nTx, TT, C)
+    k0 = first_key.flatten(2)  # (B, C, HW)
+    v0 = first_value.flatten(2).transpose(1, 2)  # (B, HW, D)
+    if r:
+        k_reg = _regions(keys.reshape(b * r, c, h, w), radius, tile)  # (B*R, C, nTy, nTx, S, S) view
+        v_reg = _regions(values.reshape(b * r, d, h, w), radius, tile)
+    per_row = ntx * tt * (h * w + r * ss)  # logits of one tile row
+    rows_per_chunk = max(1, max_logits // max(per_row, 1))
+    out_rows = []
+    for y0 in range(0, nty, rows_per_chunk):
+        rows = range(y0, min(nty, y0 + rows_per_chunk))
+        n = len(rows) * ntx
+        q = q_tiles[:, rows.start : rows.stop].reshape(b, n * tt, c) / temperature  # (B, nQ, C)
+        parts = [torch.bmm(q, k0)]  # (B, nQ, HW) global logits
+        if r:
+            kc = k_reg[:, :, rows.start : rows.stop].reshape(b, r, c, n, ss).permute(0, 3, 1, 4, 2)
+            kc = kc.reshape(b, n, r * ss, c)  # (B, n, R*SS, C)
+            ll = torch.matmul(q.view(b, n, tt, c), kc.transpose(-1, -2))  # (B, n, TT, R*SS)
+            allowed = window_mask(h, w, radius, tile, rows, str(query.device))  # (n, TT, SS)
+            bias = torch.zeros(allowed.shape, dtype=ll.dtype, device=ll.device).masked_fill_(~allowed, float("-inf"))
+            ll.view(b, n, tt, r, ss).add_(bias[:, :, None, :])  # out-of-window and out-of-frame keys -> -inf
+            parts.append(ll.view(b, n * tt, r * ss))
+        vc = None
+        if r:
+            vc = v_reg[:, :, rows.start : rows.stop].reshape(b, r, d, n, ss).permute(0, 3, 1, 4, 2)
+            vc = vc.reshape(b, n, r * ss, d)  # (B, n, R*SS, D)
+        if topk is not None and topk < sum(p.shape[-1] for p in parts):
+            res = _topk_combine(parts, v0, vc, topk=topk, tile_queries=tt)
+        else:
+            res = _softmax_combine(parts, v0, vc, tile_queries=tt)
+        out_rows.append(res.view(b, len(rows), ntx, tt, d))
+    out = torch.cat(out_rows, dim=1)  # (B, nTy, nTx, TT, D)
+    out = out.view(b, nty, ntx, tile, tile, d).permute(0, 5, 1, 3, 2, 4).reshape(b, d, nty * tile, ntx * tile)
+    return out[:, :, :h, :w]
+
+
+def _topk_combine(parts: list[Tensor], v0: Tensor, v_reg: Tensor | None, *, topk: int, tile_queries: int) -> Tensor:
+    """Exactly the ``topk`` best candidates of the union, softmax-weighted.
+
+    The k best of the union are among the k best of each part, so only those are gathered.
+
+    Args:
+        parts: [(B, nQ, HW) global logits, optionally (B, nQ, R*SS) masked local logits].
+        v0: (B, HW, D) global values.
+        v_reg: (B, n, R*SS, D) local values of the chunk's n tiles (nQ = n * tile_queries), or None.
+
+    Returns:
+        (B, nQ, D).
+    """
+    b, nq, _ = parts[0].shape
+    d = v0.shape[-1]
+    gv, gi = parts[0].topk(min(topk, parts[0].shape[-1]), dim=-1)  # (B, nQ, k0)
+    vals = [torch.gather(v0[:, None].expand(b, nq, *v0.shape[1:]), 2, gi[..., None].expand(*gi.shape, d))]
+    cand = [gv]
+    if v_reg is not None:
+        n = v_reg.shape[1]
+        lv, li = parts[1].topk(min(topk, parts[1].shape[-1]), dim=-1)  # (B, nQ, k1)
+        li = li.view(b, n, tile_queries * li.shape[-1])
+        lval = torch.gather(v_reg, 2, li[..., None].expand(*li.shape, d))  # (B, n, TT*k1, D)
+        vals.append(lval.view(b, nq, -1, d))
+        cand.append(lv)
+    cand_v, vals_t = torch.cat(cand, dim=-1), torch.cat(vals, dim=2)  # (B, nQ, 2k), (B, nQ, 2k, D)
+    sel_v, sel_i = cand_v.topk(topk, dim=-1)
+    w = torch.softmax(sel_v, dim=-1)  # (B, nQ, k)
+    sel = torch.gather(vals_t, 2, sel_i[..., None].expand(*sel_i.shape, d))  # (B, nQ, k, D)
+    return (w[..., None] * sel).sum(2)
+
+
+def _softmax_combine(parts: list[Tensor], v0: Tensor, v_reg: Tensor | None, *, tile_queries: int) -> Tensor:
+    """Softmax over every candidate of both parts (no top-k): (B, nQ, D)."""
+    b, nq, _ = parts[0].shape
+    m = torch.stack([p.amax(dim=-1) for p in parts], dim=-1).amax(dim=-1, keepdim=True)  # (B, nQ, 1)
+    e0 = torch.exp(parts[0] - m)
+    num = torch.bmm(e0, v0)  # (B, nQ, D)
+    den = e0.sum(-1, keepdim=True)
+    if v_reg is not None:
+        el = torch.exp(parts[1] - m).view(b, v_reg.shape[1], tile_queries, -1)
+        num = num + torch.matmul(el, v_reg).view(b, nq, -1)
+        den = den + el.sum(-1).view(b, nq, 1)
+    return num / den

@@ -1,0 +1,160 @@
+"""Label maps for propagation: masks and keypoints to and from soft maps on the feature grid.
+
+Grid convention: a frame of (H, W) pixels is padded at the bottom and right (edge-replicated) to
+(h * s, w * s) with h = ceil(H / s), w = ceil(W / s), s the feature stride. Feature cell (i, j)
+covers pixels [i*s, (i+1)*s) x [j*s, (j+1)*s); its centre is at pixel ((j + 0.5) s - 0.5,
+(i + 0.5) s - 0.5), the convention of bilinear resizing with ``align_corners=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "feature_grid",
+    "harden_heatmaps",
+    "heatmaps_to_keypoints",
+    "keypoints_to_heatmaps",
+    "labels_to_ids",
+    "masks_to_onehot",
+    "pad_to_stride",
+    "pool_labels",
+    "upsample_labels",
+]
+
+
+def feature_grid(size: Sequence[int], stride: int) -> tuple[int, int]:
+    """(h, w) = ceil((H, W) / stride): the feature grid of an (H, W) frame."""
+    height, width = size
+    return -(-int(height) // stride), -(-int(width) // stride)
+
+
+def pad_to_stride(x: Tensor, stride: int) -> Tensor:
+    """(..., H, W) -> (..., h*s, w*s): pad bottom and right by replicating the last row / column."""
+    height, width = x.shape[-2:]
+    h, w = feature_grid((height, width), stride)
+    ph, pw = h * stride - height, w * stride - width
+    if ph == 0 and pw == 0:
+        return x
+    lead = x.shape[:-2]
+    y = F.pad(x.reshape(-1, 1, height, width).float(), (0, pw, 0, ph), mode="replicate")
+    return y.to(x.dtype).reshape(*lead, height + ph, width + pw)
+
+
+def masks_to_onehot(mask: Tensor, ids: Sequence[int]) -> Tensor:
+    """One channel per label: channel 0 is background (every id not in ``ids``, void included).
+
+    Args:
+        mask: (H, W) integer object ids.
+        ids: the object ids, in channel order 1..N.
+
+    Returns:
+        (1 + N, H, W) float32 one-hot.
+    """
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
+    out = torch.zeros(1 + len(ids), *mask.shape, dtype=torch.float32, device=mask.device)
+    for ch, i in enumerate(ids, start=1):
+        out[ch] = (mask == int(i)).float()
+    out[0] = 1.0 - out[1:].sum(0).clamp(max=1.0)
+    return out
+
+
+def pool_labels(labels: Tensor, stride: int) -> Tensor:
+    """(D, H, W) pixel labels -> (D, h, w): the share of each label in each feature cell."""
+    return F.avg_pool2d(pad_to_stride(labels, stride)[None], stride)[0]
+
+
+def upsample_labels(labels: Tensor, size: Sequence[int], stride: int) -> Tensor:
+    """(D, h, w) feature-grid labels -> (D, H, W): bilinear to the padded frame, then cropped."""
+    d, h, w = labels.shape
+    up = F.interpolate(labels[None], size=(h * stride, w * stride), mode="bilinear", align_corners=False)[0]
+    return up[:, : int(size[0]), : int(size[1])]
+
+
+def labels_to_ids(labels: Tensor, ids: Sequence[int]) -> Tensor:
+    """(D, H, W) soft labels -> (H, W) int64 ids: arg-max channel, channel 0 -> 0, channel c -> ids[c-1]."""
+    lut = torch.tensor([0, *[int(i) for i in ids]], dtype=torch.int64, device=labels.device)
+    return lut[labels.argmax(dim=0)]
+
+
+def keypoints_to_heatmaps(
+    coords: Tensor, visible: Tensor, *, grid: Sequence[int], stride: int, sigma: float = 0.5
+) -> Tensor:
+    """Keypoints as Gaussian heat maps on the feature grid, plus a background channel.
+
+    Each visible keypoint k gives exp(-d^2 / (2 sigma^2)) with d the distance in feature cells to
+    its position, cut to zero beyond 3 sigma and scaled so that its highest cell is 1 (as CRW's
+    maps, whose centre cell is 1; so the keypoint survives an arg-max feed-back); an invisible
+    one gives an empty map. Channel 0 is the background, 1 - min(1, sum of the keypoint maps).
+
+    Args:
+        coords: (K, 2) x, y in pixels (0-based).
+        visible: (K,) bool.
+        grid: (h, w) feature grid.
+        stride: feature stride in pixels.
+        sigma: Gaussian width in feature cells (CRW: 0.5).
+
+    Returns:
+        (1 + K, h, w) float32.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    cells = (coords.float() + 0.5) / stride - 0.5  # (K, 2) in feature cells
+    ys = torch.arange(h, dtype=torch.float32, device=coords.device)
+    xs = torch.arange(w, dtype=torch.float32, device=coords.device)
+    d2 = (xs[None, None, :] - cells[:, 0, None, None]) ** 2 + (ys[None, :, None] - cells[:, 1, None, None]) ** 2
+    maps = torch.exp(-d2 / (2 * sigma**2)) * (d2 <= (3 * sigma) ** 2)  # (K, h, w)
+    peak = maps.flatten(1).amax(dim=1).clamp(min=torch.finfo(maps.dtype).tiny)
+    maps = maps / peak[:, None, None] * visible.to(maps.dtype)[:, None, None]  # each peak is 1
+    bg = 1.0 - maps.sum(0, keepdim=True).clamp(max=1.0)
+    return torch.cat([bg, maps], dim=0)
+
+
+def heatmaps_to_keypoints(heatmaps: Tensor, *, stride: int, topk: int = 3) -> tuple[Tensor, Tensor]:
+    """Decode keypoints from propagated heat maps, as CRW does: the mean of the ``topk`` highest
+    cells of each map, weighted by their values.
+
+    Args:
+        heatmaps: (K, h, w) keypoint maps (no background channel).
+        stride: feature stride in pixels.
+        topk: how many cells to average.
+
+    Returns:
+        coords (K, 2) float32 x, y in pixels (NaN for an empty map), found (K,) bool.
+    """
+    k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(k, h * w).float()
+    vals, idx = flat.topk(min(topk, h * w), dim=1)  # (K, n)
+    total = vals.sum(1, keepdim=True)
+    found = total[:, 0] > 0
+    weights = vals / total.clamp(min=torch.finfo(vals.dtype).tiny)
+    x = (weights * (idx % w).float()).sum(1)
+    y = (weights * (idx // w).float()).sum(1)
+    coords = (torch.stack([x, y], dim=1) + 0.5) * stride - 0.5
+    coords[~found] = float("nan")
+    return coords, found
+
+
+def harden_heatmaps(labels: Tensor) -> Tensor:
+    """Arg-max feed-back for keypoint maps: each keypoint's map becomes one-hot at its highest
+    cell (over space; an empty map stays empty), the background the rest.
+
+    (An arg-max over channels would erase the keypoints, whose maps are below the background
+    almost everywhere.)
+
+    Args:
+        labels: (B, 1 + K, h, w), channel 0 the background.
+
+    Returns:
+        (B, 1 + K, h, w).
+    """
+    b, d, h, w = labels.shape
+    maps = labels[:, 1:].reshape(b, d - 1, h * w)
+    peak = maps.argmax(dim=-1, keepdim=True)
+    hard = torch.zeros_like(maps).scatter_(-1, peak, 1.0) * (maps.amax(dim=-1, keepdim=True) > 0)
+    hard = hard.view(b, d - 1, h, w)
+    return torch.cat([1.0 - hard.sum(1, keepdim=True).clamp(max=1.0), hard], dim=1)

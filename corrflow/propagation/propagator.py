@@ -1,0 +1,172 @@
+"""``LabelPropagator``: the per-video state of label propagation (the context queue).
+
+It holds the first frame (features and labels) and a queue of the last ``n_recent`` frames, so
+its memory is bounded by the context size, whatever the video length: frames are fed one at a
+time with :meth:`LabelPropagator.step`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from corrflow.attention import restricted_attention
+from corrflow.propagation.functional import mixed_context_attention, onehot_argmax
+from corrflow.propagation.labels import pad_to_stride
+
+__all__ = ["LabelPropagator"]
+
+FEEDBACK = ("soft", "argmax")
+
+
+class LabelPropagator:
+    """Propagates label maps through one video, frame by frame.
+
+    The CRW protocol is ``global_first=True, n_recent=20, radius=12, temperature=0.05, topk=10,
+    feedback='soft', normalize=True``; CorrFlow's is ``global_first=False, n_recent=1, radius=6,
+    topk=None, feedback='argmax'``.
+
+    Args:
+        features: maps (1, 3, H', W') RGB in [0, 1] (H', W' multiples of ``features.stride``) to
+            (1, C, H' / s, W' / s). It needs a ``stride`` attribute.
+        n_recent: how many previous frames the context holds (the start is padded with the first).
+        global_first: the first frame is also attended whole (not only within the radius).
+        radius: window half-size for recent frames, in feature cells.
+        temperature: logits are divided by it.
+        topk: keep the k largest affinities over the whole context (None: all).
+        feedback: 'soft' (the soft prediction becomes context) or 'argmax' (its one-hot).
+        normalize: L2-normalise features over channels.
+        backend: restricted-attention backend for the windowed-only case.
+        device: where features and labels live.
+        harden: what 'argmax' feed-back means for these labels, (1, D, h, w) -> (1, D, h, w);
+            default :func:`onehot_argmax` over channels (masks). Keypoint heat maps pass their own
+            (:meth:`corrflow.propagation.targets.KeypointTargets.harden`).
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        *,
+        n_recent: int = 20,
+        global_first: bool = True,
+        radius: int = 12,
+        temperature: float = 0.05,
+        topk: int | None = 10,
+        feedback: str = "soft",
+        normalize: bool = True,
+        backend: str = "auto",
+        device: torch.device | str = "cpu",
+        harden: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        if feedback not in FEEDBACK:
+            raise ValueError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
+        if n_recent < 0 or (n_recent == 0 and not global_first):
+            raise ValueError("the context is empty: give n_recent >= 1 or global_first=True")
+        if not hasattr(features, "stride"):
+            raise TypeError(f"the feature extractor {type(features).__name__} has no 'stride' attribute")
+        self.features = features
+        self.stride = int(features.stride)
+        self.n_recent = n_recent
+        self.global_first = global_first
+        self.radius = radius
+        self.temperature = temperature
+        self.topk = topk
+        self.feedback = feedback
+        self.normalize = normalize
+        self.backend = backend
+        self.device = torch.device(device)
+        self.harden = harden or onehot_argmax
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the video: the next :meth:`step` must bring the first frame's labels."""
+        self._first: tuple[Tensor, Tensor] | None = None  # (features (1,C,h,w), labels (1,D,h,w))
+        self._recent: deque[tuple[int, Tensor, Tensor]] = deque(maxlen=self.n_recent)
+        self._t = 0
+
+    @property
+    def context(self) -> list[tuple[int, Tensor]]:
+        """What the next step reads, in stack order: (frame index from the first frame, (D, h, w) labels)."""
+        if self._first is None:
+            return []
+        first = [(0, self._first[1][0])] if self.global_first else []
+        return first + [(i, v[0]) for i, _, v in self._recent]
+
+    @property
+    def context_frames(self) -> list[int]:
+        """Indices (counted from the first frame) of the frames the next step reads, in stack order."""
+        return [i for i, _ in self.context]
+
+    @torch.no_grad()
+    def embed(self, frame: Tensor) -> Tensor:
+        """(3, H, W) or (1, 3, H, W) RGB in [0, 1] -> (1, C, h, w) features (L2-normalised if set)."""
+        x = frame if frame.dim() == 4 else frame[None]
+        x = pad_to_stride(x.to(self.device, torch.float32), self.stride)
+        feats = self.features(x)
+        grid = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
+        if tuple(feats.shape[-2:]) != grid:
+            raise ValueError(
+                f"the feature extractor gave a {tuple(feats.shape[-2:])} map for a {tuple(x.shape[-2:])} input; "
+                f"expected {grid} at its stride {self.stride}"
+            )
+        feats = feats.float()
+        return F.normalize(feats, dim=1) if self.normalize else feats
+
+    @torch.no_grad()
+    def step(self, frame: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Feed the next frame; return its labels on the feature grid.
+
+        Args:
+            frame: (3, H, W) RGB in [0, 1].
+            mask: (D, h, w) labels of this frame on its feature grid, for the first frame
+                (h, w = ceil(H / stride), ceil(W / stride)); ``None`` for the frames to predict.
+                Giving it again later restarts the video from that frame.
+
+        Returns:
+            (D, h, w) labels: ``mask`` itself when given, else the propagated soft labels.
+        """
+        feats = self.embed(frame)
+        if mask is not None:
+            labels = mask.to(self.device, torch.float32)[None]
+            if labels.dim() != 4 or labels.shape[-2:] != feats.shape[-2:]:
+                raise ValueError(f"mask must be (D, {feats.shape[-2]}, {feats.shape[-1]}), got {tuple(mask.shape)}")
+            self.reset()
+            self._first = (feats, labels)
+            self._remember(feats, labels)
+            return labels[0]
+        if self._first is None:
+            raise RuntimeError("the first step of a video needs its labels: step(frame, mask)")
+        pred = self._propagate(feats)
+        stored = self.harden(pred) if self.feedback == "argmax" else pred
+        self._remember(feats, stored)
+        return pred[0]
+
+    def _remember(self, feats: Tensor, labels: Tensor) -> None:
+        if self.n_recent:
+            if not self._recent:  # the start of the video: pad the queue with the first frame
+                self._recent.extend((self._t, feats, labels) for _ in range(self.n_recent))
+            else:
+                self._recent.append((self._t, feats, labels))
+        self._t += 1
+
+    def _propagate(self, query: Tensor) -> Tensor:
+        """(1, C, h, w) target features -> (1, D, h, w) labels from the current context."""
+        first_feats, first_labels = self._first
+        if self.n_recent:
+            keys = torch.stack([f[0] for _, f, _ in self._recent])[None]  # (1, R, C, h, w)
+            values = torch.stack([v[0] for _, _, v in self._recent])[None]  # (1, R, D, h, w)
+        else:
+            keys = query.new_zeros((1, 0, *query.shape[1:]))
+            values = first_labels.new_zeros((1, 0, *first_labels.shape[1:]))
+        if self.global_first:
+            return mixed_context_attention(
+                query, first_feats, first_labels, keys, values,
+                radius=self.radius, temperature=self.temperature, topk=self.topk,
+            )  # fmt: skip
+        return restricted_attention(
+            query, keys, values, radius=self.radius, temperature=self.temperature, topk=self.topk, backend=self.backend
+        )

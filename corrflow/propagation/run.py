@@ -1,0 +1,200 @@
+"""``propagate(cfg)``: propagate the first frame's labels through every video of a task, write
+the predictions, score them, draw them. ``tools/propagate.py`` is its Hydra entry point.
+
+Output, under ``cfg.output_dir``::
+
+    results/<seq>/%05d.png | results/<seq>.npz   predictions (see corrflow.propagation.targets)
+    results/<seq>.done                            written last: the sequence is finished
+    overlays/<seq>.png, overlays/<seq>.gif        pictures
+    scores/                                       the evaluation's CSVs
+    config.yaml                                   the resolved config of the last run
+
+A run that is started again with the same config skips the finished sequences (their done-file
+records the config's fingerprint) and redoes a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+__all__ = ["fingerprint", "propagate", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+DONE_SUFFIX = ".done"
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A short hash of what decides a video's predictions: data, protocol, features, checkpoint."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "protocol", "features")}
+    ckpt = cfg.get("ckpt")
+    if ckpt:
+        stat = os.stat(ckpt) if os.path.isfile(ckpt) else None
+        parts["ckpt"] = [str(ckpt), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
+    # Scoring, checking and which videos are selected do not change a video's predictions.
+    parts["task"].pop("evaluation", None)
+    for key in ("split", "sequences", "split_file"):
+        parts["task"].get("dataset", {}).pop(key, None)
+    parts["task"].get("targets", {}).pop("validate_annotations", None)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _done_path(results_dir: Path, name: str) -> Path:
+    return results_dir / f"{name}{DONE_SUFFIX}"
+
+
+def _read_done(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_done(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def _propagate_video(video, *, propagator, targets, results_dir: Path, recorder, progress: bool) -> int:
+    """Propagate one video, writing its predictions; returns the number of frames processed."""
+    session = targets.start(video, stride=propagator.stride, results_dir=results_dir)
+    frames = video.frames(session.start)
+    total = len(video) - session.start
+    if progress:
+        frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
+    for t, frame in enumerate(frames, start=session.start):
+        image = torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        pred = propagator.step(image, session.labels if t == session.start else None)
+        decoded = session.emit(t, pred)
+        if recorder is not None and recorder.wants(t):
+            recorder.add(t, session.draw(frame, decoded))
+    session.finish()
+    return total
+
+
+def _score(cfg: DictConfig, targets, dataset, results_dir: Path, scores_dir: Path) -> Any:
+    """Run the task's evaluation on the written predictions (None when it cannot be imported)."""
+    try:
+        evaluator = instantiate(cfg.task.evaluation)
+    except Exception as e:  # hydra wraps the ImportError of a missing module
+        cause = e
+        while cause is not None and not isinstance(cause, ImportError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        log.warning("scoring skipped: %s cannot be imported (%s)", cfg.task.evaluation.get("_target_"), cause)
+        return None
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    return targets.evaluate(evaluator, results_dir=results_dir, dataset=dataset, output_dir=scores_dir)
+
+
+def _format_table(rows: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_cell(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    line = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    return "\n".join([line(keys), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def propagate(cfg: DictConfig) -> dict[str, Any]:
+    """Propagate, write, score and draw every video of ``cfg.task``.
+
+    Returns:
+        ``{"output_dir", "results_dir", "sequences": [per-sequence rows], "scores": {metric: value} | None,
+        "skipped": [names resumed from an earlier run]}``.
+    """
+    out = Path(cfg.output_dir)
+    results_dir, overlays_dir, scores_dir = out / "results", out / "overlays", out / "scores"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra run (the compose API)
+        text = OmegaConf.to_yaml(cfg)
+    (out / "config.yaml").write_text(text)
+    log.info("propagate: task=%s protocol=%s features=%s -> %s", cfg.task.name, cfg.protocol.name, cfg.features.name, out)
+    if cfg.get("seed") is not None:
+        torch.manual_seed(int(cfg.seed))
+
+    device = resolve_device(str(cfg.device))
+    dataset = instantiate(cfg.task.dataset)
+    targets = instantiate(cfg.task.targets)
+    features = instantiate(cfg.features.extractor).to(device).eval()
+    propagator = instantiate(cfg.protocol.propagator)(features, device=device, harden=targets.harden)
+    recorder_factory = instantiate(cfg.overlay) if cfg.get("overlay") else None
+    key = fingerprint(cfg)
+    progress = bool(cfg.get("progress", True))
+    log.info("%d videos; features %s (stride %d) on %s; config fingerprint %s", len(dataset), type(features).__name__,
+             propagator.stride, device, key)  # fmt: skip
+
+    rows, skipped = [], []
+    videos = tqdm(dataset, desc="videos", unit="video") if progress else dataset
+    for video in videos:
+        done = _done_path(results_dir, video.name)
+        record = _read_done(done) if done.is_file() else None
+        if record is not None and record.get("fingerprint") == key:
+            log.info("%s: finished in an earlier run, skipped", video.name)
+            skipped.append(video.name)
+        else:
+            if record is not None:
+                log.warning("%s: earlier results were made with another config; redoing", video.name)
+            done.unlink(missing_ok=True)
+            recorder = recorder_factory(n_frames=len(video)) if recorder_factory else None
+            t0 = time.perf_counter()
+            n = _propagate_video(
+                video, propagator=propagator, targets=targets, results_dir=results_dir, recorder=recorder, progress=progress
+            )
+            seconds = time.perf_counter() - t0
+            if recorder is not None:
+                stem = overlays_dir / video.name
+                recorder.save(stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".gif"))
+            record = {"fingerprint": key, "frames": n, "seconds": round(seconds, 3)}
+            _write_done(done, record)  # last: marks the sequence finished
+            log.info("%s: %d frames in %.1f s (%.2f frames/s)", video.name, n, seconds, n / max(seconds, 1e-9))
+        rows.append({"sequence": video.name, "frames": record["frames"], "seconds": float(record["seconds"]),
+                     "fps": record["frames"] / max(float(record["seconds"]), 1e-9)})  # fmt: skip
+
+    scores = _score(cfg, targets, dataset, results_dir, scores_dir) if cfg.get("score", True) else None
+    per_seq = targets.per_sequence(scores) if scores is not None else {}
+    for row in rows:
+        row.update(per_seq.get(row["sequence"], {}))
+    summary = scores.as_dict() if scores is not None and hasattr(scores, "as_dict") else None
+    table = _format_table(rows)
+    if summary:
+        table += "\n" + "  ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, (int, float)))
+    print(table)
+    return {
+        "output_dir": str(out),
+        "results_dir": str(results_dir),
+        "sequences": rows,
+        "scores": {k: float(v) for k, v in summary.items() if isinstance(v, (int, float, np.floating))} if summary else None,
+        "skipped": skipped,
+    }

@@ -1,0 +1,203 @@
+"""What is propagated, and how predictions are written and scored: object masks or keypoints.
+
+A task config names one of these (``task.targets._target_``); the propagation loop is the same
+for both. ``harden`` says what the arg-max feed-back of the CorrFlow protocol means for them. Per video, :meth:`start` gives a session holding the query frame's labels on the
+feature grid; ``session.emit(t, pred)`` decodes and writes frame ``t``; ``session.finish()``
+completes the files. Predictions are written first and scored afterwards, by the task's
+evaluation function.
+
+Output layout, under ``results_dir``:
+
+* masks: ``<seq>/%05d.png`` palette PNGs (frame index), the size of the frames (DAVIS layout);
+* keypoints: ``<seq>.npz`` with ``keypoints`` (T, K, 2) float32 x, y pixels, NaN where nothing
+  was propagated (frames before the query, joints invisible in it) and ``found`` (T, K) bool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from corrflow.data.davis import object_ids
+from corrflow.propagation.functional import onehot_argmax
+from corrflow.propagation.labels import (
+    feature_grid,
+    harden_heatmaps,
+    heatmaps_to_keypoints,
+    keypoints_to_heatmaps,
+    labels_to_ids,
+    masks_to_onehot,
+    pool_labels,
+    upsample_labels,
+)
+from corrflow.utils.io import write_indexed_png
+from corrflow.utils.overlay import blend_mask, draw_keypoints
+
+__all__ = ["KeypointTargets", "MaskTargets"]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+class MaskTargets:
+    """Object masks: labels are background + the first frame's object ids, one-hot.
+
+    Args:
+        validate_annotations: before propagating a video, check all its annotations (palette,
+            size, no ids that the first frame lacks) so that bad ground truth fails early and
+            names its file. Propagation itself reads only the first frame's.
+    """
+
+    def __init__(self, *, validate_annotations: bool = True) -> None:
+        self.validate_annotations = validate_annotations
+
+    @staticmethod
+    def harden(labels: Tensor) -> Tensor:
+        """Arg-max feed-back for masks: one-hot of the arg-max over channels, (1, D, h, w)."""
+        return onehot_argmax(labels)
+
+    @staticmethod
+    def output_path(results_dir: Path, name: str) -> Path:
+        return results_dir / name
+
+    def start(self, video, *, stride: int, results_dir: Path) -> MaskSession:
+        mask = video.first_mask()
+        ids = object_ids(mask)
+        if self.validate_annotations:
+            video.validate_annotations(ids)
+        out = self.output_path(results_dir, video.name)
+        _remove(out)  # a half-written run of this video is redone from scratch
+        out.mkdir(parents=True)
+        return MaskSession(torch.from_numpy(mask.astype(np.int64)), ids, stride=stride, out_dir=out)
+
+    def evaluate(self, evaluator: Callable[..., Any], *, results_dir: Path, dataset, output_dir: Path) -> Any:
+        """Score with ``evaluator(results_dir, sequences=..., output_dir=...)`` (e.g. ``evaluate_davis``)."""
+        return evaluator(results_dir, sequences=list(dataset.names), output_dir=output_dir)
+
+    @staticmethod
+    def per_sequence(scores: Any) -> dict[str, dict[str, float]]:
+        """``{seq: {"J": .., "F": .., "J&F": ..}}`` (means over the sequence's objects) from DAVIS scores."""
+        acc: dict[str, list[tuple[float, float]]] = {}
+        for o in getattr(scores, "per_object", ()):
+            acc.setdefault(o.sequence, []).append((o.j_mean, o.f_mean))
+        out = {}
+        for seq, jf in acc.items():
+            j, f = float(np.mean([a for a, _ in jf])), float(np.mean([b for _, b in jf]))
+            out[seq] = {"J&F": (j + f) / 2, "J": j, "F": f}
+        return out
+
+
+class MaskSession:
+    """One video's masks: the query labels, and the writer of ``%05d.png`` palette PNGs."""
+
+    def __init__(self, mask: Tensor, ids: list[int], *, stride: int, out_dir: Path) -> None:
+        self.start = 0
+        self.size = tuple(mask.shape)
+        self.ids, self.stride, self.out_dir = ids, stride, out_dir
+        self._mask = mask
+        self.labels = pool_labels(masks_to_onehot(mask, ids), stride)  # (1 + N, h, w)
+
+    def emit(self, t: int, pred: Tensor) -> np.ndarray:
+        """Decode (D, h, w) labels of frame t to an (H, W) id map and write it; the query frame's is the input mask."""
+        if t == self.start:
+            ids = self._mask
+        else:
+            ids = labels_to_ids(upsample_labels(pred.float().cpu(), self.size, self.stride), self.ids)
+        ids = ids.numpy().astype(np.uint8)
+        write_indexed_png(self.out_dir / f"{t:05d}.png", ids)
+        return ids
+
+    @staticmethod
+    def draw(frame: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+        return blend_mask(frame, decoded)
+
+    def finish(self) -> None:
+        """Nothing left to write: each frame's PNG was written by :meth:`emit`."""
+
+
+class KeypointTargets:
+    """Keypoints: labels are Gaussian heat maps (``sigma`` feature cells) plus a background channel.
+
+    Args:
+        sigma: heat-map width in feature cells (CRW: 0.5).
+        decode_topk: how many of the highest cells give a keypoint's position (CRW: 3).
+    """
+
+    def __init__(self, *, sigma: float = 0.5, decode_topk: int = 3) -> None:
+        if sigma <= 0 or decode_topk < 1:
+            raise ValueError(f"sigma must be > 0 and decode_topk >= 1, got {sigma}, {decode_topk}")
+        self.sigma, self.decode_topk = sigma, decode_topk
+
+    @staticmethod
+    def harden(labels: Tensor) -> Tensor:
+        """Arg-max feed-back for keypoints: each map one-hot at its highest cell, (1, 1 + K, h, w)."""
+        return harden_heatmaps(labels)
+
+    @staticmethod
+    def output_path(results_dir: Path, name: str) -> Path:
+        return results_dir / f"{name}.npz"
+
+    def start(self, video, *, stride: int, results_dir: Path) -> KeypointSession:
+        coords, visible = video.query()
+        grid = feature_grid(video.size, stride)
+        labels = keypoints_to_heatmaps(
+            torch.from_numpy(np.nan_to_num(coords)), torch.from_numpy(visible), grid=grid, stride=stride, sigma=self.sigma
+        )
+        path = self.output_path(results_dir, video.name)
+        _remove(path)
+        return KeypointSession(
+            labels, coords, visible, n_frames=len(video), start=video.query_index, stride=stride, topk=self.decode_topk, path=path
+        )
+
+    def evaluate(self, evaluator: Callable[..., Any], *, results_dir: Path, dataset, output_dir: Path) -> Any:
+        """Score with ``evaluator(results_dir, annotations, output_dir=...)`` (e.g. ``evaluate_keypoints``)."""
+        return evaluator(results_dir, dataset.annotations(), output_dir=output_dir)
+
+    @staticmethod
+    def per_sequence(scores: Any) -> dict[str, dict[str, float]]:
+        """``{seq: {"PCK@0.1": .., ...}}`` from keypoint scores."""
+        return {s: {f"PCK@{t:g}": float(v) for t, v in d.items()} for s, d in getattr(scores, "per_sequence", {}).items()}
+
+
+class KeypointSession:
+    """One video's keypoints: the query heat maps, and the (T, K, 2) array written at the end."""
+
+    def __init__(self, labels, coords, visible, *, n_frames: int, start: int, stride: int, topk: int, path: Path) -> None:
+        self.labels, self.start, self.stride, self.topk, self.path = labels, start, stride, topk, path
+        k = coords.shape[0]
+        self._query = np.where(visible[:, None], coords, np.nan).astype(np.float32)
+        self.keypoints = np.full((n_frames, k, 2), np.nan, dtype=np.float32)  # (T, K, 2): 8 bytes a keypoint
+        self.found = np.zeros((n_frames, k), dtype=bool)
+
+    def emit(self, t: int, pred: Tensor) -> np.ndarray:
+        """Decode (1 + K, h, w) heat maps of frame t to (K, 2) pixels (the query frame: its input)."""
+        if t == self.start:
+            xy = self._query
+        else:
+            coords, _ = heatmaps_to_keypoints(pred[1:].float().cpu(), stride=self.stride, topk=self.topk)
+            xy = coords.numpy()
+        self.keypoints[t] = xy
+        self.found[t] = np.isfinite(xy).all(axis=1)
+        return xy
+
+    @staticmethod
+    def draw(frame: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+        return draw_keypoints(frame, decoded)
+
+    def finish(self) -> None:
+        """Write ``keypoints`` and ``found`` to the ``.npz`` (atomically)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp.npz")
+        np.savez(tmp, keypoints=self.keypoints, found=self.found)
+        os.replace(tmp, self.path)

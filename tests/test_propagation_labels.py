@@ -1,0 +1,72 @@
+"""Label maps on the feature grid: masks and keypoints in and out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from corrflow.propagation.labels import (
+    feature_grid,
+    harden_heatmaps,
+    heatmaps_to_keypoints,
+    keypoints_to_heatmaps,
+    labels_to_ids,
+    masks_to_onehot,
+    pool_labels,
+    upsample_labels,
+)
+
+
+def test_onehot_pool_upsample_round_trip_on_cell_aligned_masks() -> None:
+    mask = torch.zeros(13, 18, dtype=torch.int64)  # not multiples of the stride
+    mask[4:8, 4:12] = 3
+    mask[8:12, 0:4] = 5
+    mask[0:2, 0:2] = 255  # void counts as background
+    onehot = masks_to_onehot(mask, [3, 5])
+    assert onehot.shape == (3, 13, 18) and torch.all(onehot.sum(0) == 1)
+    assert onehot[0, 0, 0] == 1
+    pooled = pool_labels(onehot, 4)
+    assert pooled.shape == (3, *feature_grid((13, 18), 4)) == (3, 4, 5)
+    back = labels_to_ids(upsample_labels(pooled, (13, 18), 4), [3, 5])
+    assert back.shape == (13, 18)
+    assert torch.equal(back[5:7, 5:11], torch.full((2, 6), 3)) and torch.equal(back[9:11, 1:3], torch.full((2, 2), 5))
+    assert back[0, 0] == 0
+
+
+@pytest.mark.parametrize("stride", [4, 8])
+def test_keypoint_heatmaps_decode_back_to_their_position(stride: int) -> None:
+    coords = torch.tensor([[10.0, 7.0], [33.5, 20.0], [3.0, 30.0]])
+    visible = torch.tensor([True, True, False])
+    grid = feature_grid((40, 48), stride)
+    maps = keypoints_to_heatmaps(coords, visible, grid=grid, stride=stride, sigma=0.5)
+    assert maps.shape == (4, *grid)
+    assert maps[3].sum() == 0  # an invisible keypoint gives an empty map
+    torch.testing.assert_close(maps[0], 1.0 - maps[1:].sum(0).clamp(max=1.0))
+    decoded, found = heatmaps_to_keypoints(maps[1:], stride=stride, topk=3)
+    assert found.tolist() == [True, True, False]
+    assert decoded.shape == (3, 2) and math.isnan(decoded[2, 0])
+    # Top-3 of a sigma-0.5 Gaussian: within a third of a cell of the truth.
+    assert torch.all((decoded[:2] - coords[:2]).abs() <= stride / 3)
+
+
+def test_keypoint_decoding_is_the_value_weighted_mean_of_the_top_3_cells() -> None:
+    maps = torch.zeros(1, 4, 6)
+    maps[0, 1, 2], maps[0, 1, 3], maps[0, 2, 2], maps[0, 3, 5] = 0.6, 0.3, 0.1, 0.05
+    (xy,), _ = heatmaps_to_keypoints(maps, stride=1, topk=3)
+    torch.testing.assert_close(xy, torch.tensor([2 * 0.6 + 3 * 0.3 + 2 * 0.1, 1 * 0.6 + 1 * 0.3 + 2 * 0.1]))
+
+
+def test_harden_heatmaps_keeps_each_keypoint_at_its_peak() -> None:
+    maps = keypoints_to_heatmaps(
+        torch.tensor([[9.5, 9.5], [22.0, 5.0], [0.0, 0.0]]), torch.tensor([True, True, False]), grid=(5, 7), stride=4
+    )
+    soft = maps * 0.3  # propagated heat is weak: an arg-max over channels would pick the background
+    soft[0] = 1.0 - soft[1:].sum(0)
+    hard = harden_heatmaps(soft[None])[0]
+    assert hard.shape == maps.shape
+    assert hard[1, 2, 2] == 1 and hard[1].sum() == 1  # (9.5, 9.5) px is cell (2, 2) at stride 4
+    assert hard[2, 1, 5] == 1 and hard[2].sum() == 1
+    assert hard[3].sum() == 0  # an empty map stays empty
+    torch.testing.assert_close(hard[0], 1.0 - hard[1:].sum(0))

@@ -1,0 +1,256 @@
+"""tools/propagate.py and ``propagate(cfg)`` end to end on tiny generated data: every task,
+protocol and feature config, resuming, and the errors a user meets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from PIL import Image
+
+from corrflow.models.checkpoint import encoder_payload
+from corrflow.models.encoder import corrflow_encoder
+from corrflow.propagation.run import propagate
+from corrflow.utils.io import read_indexed_png, write_indexed_png
+from tests.test_data_davis import make_davis_tree
+from tests.test_data_jhmdb import make_jhmdb_tree
+from tests.test_data_keypoint_videos import make_keypoint_tree
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = str(REPO / "conf")
+HAS_EVALUATION = importlib.util.find_spec("corrflow.evaluation") is not None
+HAS_IMAGENET = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny inputs: one thread is faster, and immune to a busy machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def compose_cfg(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="propagate", overrides=[*overrides, "progress=false"])
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def davis_root(tmp_path: Path) -> Path:
+    return make_davis_tree(tmp_path / "DAVIS")
+
+
+def run_davis(davis_root: Path, out: Path, *extra: str) -> dict:
+    return propagate(compose_cfg("task=davis", f"data.root={davis_root}", f"output_dir={out}", *extra))
+
+
+# -- configs -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["davis", "davis2016", "jhmdb", "keypoints"])
+@pytest.mark.parametrize("protocol", ["crw", "corrflow"])
+def test_every_task_and_protocol_config_composes_and_builds(task: str, protocol: str) -> None:
+    cfg = compose_cfg(f"task={task}", f"protocol={protocol}", "features=lab")
+    assert cfg.task.name == task and cfg.protocol.name == protocol
+    assert "${" not in cfg.output_dir and not Path(cfg.task.data_dir).is_absolute()
+    targets = instantiate(cfg.task.targets)
+    assert hasattr(targets, "start") and hasattr(targets, "evaluate")
+    assert cfg.task.dataset._target_.startswith("corrflow.data.")
+    prop = instantiate(cfg.protocol.propagator)(instantiate(cfg.features.extractor))
+    assert prop.global_first == (protocol == "crw")
+    assert (prop.n_recent, prop.radius, prop.topk, prop.feedback) == (
+        (20, 12, 10, "soft") if protocol == "crw" else (1, 6, None, "argmax")
+    )
+    if HAS_EVALUATION:
+        assert callable(instantiate(cfg.task.evaluation))
+
+
+@pytest.mark.parametrize("features", ["lab", "random", "checkpoint", "imagenet"])
+def test_every_features_config_builds(features: str, tmp_path: Path) -> None:
+    if features == "imagenet" and not HAS_IMAGENET:
+        pytest.skip("efficientnet-lite-pytorch is not installed")
+    ckpt = make_checkpoint(tmp_path / "enc.ckpt")
+    cfg = compose_cfg("task=davis", f"features={features}", f"ckpt={ckpt}")
+    extractor = instantiate(cfg.features.extractor).eval()
+    with torch.no_grad():
+        out = extractor(torch.rand(1, 3, 32, 48))
+    assert out.shape[-2:] == (32 // extractor.stride, 48 // extractor.stride)
+
+
+def test_protocol_values_are_overridable() -> None:
+    cfg = compose_cfg("protocol=crw", "protocol.propagator.topk=5", "protocol.propagator.n_recent=7", "features=lab")
+    prop = instantiate(cfg.protocol.propagator)(instantiate(cfg.features.extractor))
+    assert (prop.topk, prop.n_recent) == (5, 7)
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("features", ["lab", "random"])
+@pytest.mark.parametrize("protocol", ["crw", "corrflow"])
+def test_davis_end_to_end(davis_root: Path, tmp_path: Path, capsys, protocol: str, features: str) -> None:
+    out = tmp_path / "out"
+    result = run_davis(davis_root, out, f"protocol={protocol}", f"features={features}")
+    results = out / "results"
+    for name, n in (("squares-a", 6), ("squares-b", 5)):
+        pngs = sorted((results / name).glob("*.png"))
+        assert [p.name for p in pngs] == [f"{t:05d}.png" for t in range(n)]
+        for p in pngs:
+            with Image.open(p) as im:
+                assert im.mode == "P" and im.size == (48, 32)
+        pred = np.stack([read_indexed_png(p) for p in pngs])
+        assert set(np.unique(pred).tolist()) <= {0, 1, 2}
+        gt0 = read_indexed_png(davis_root / "Annotations" / "480p" / name / "00000.png")
+        assert np.array_equal(pred[0], gt0)  # the query frame is the given mask
+        assert (results / f"{name}.done").is_file()
+        assert (out / "overlays" / f"{name}.png").is_file() and (out / "overlays" / f"{name}.gif").is_file()
+    printed = capsys.readouterr().out
+    assert "squares-a" in printed and "squares-b" in printed
+    assert [r["sequence"] for r in result["sequences"]] == ["squares-a", "squares-b"]
+    if HAS_EVALUATION:
+        assert 0.0 <= result["scores"]["J&F-Mean"] <= 1.0
+        assert (out / "scores" / "global_results-val.csv").is_file()
+        if features == "lab" and protocol == "crw":
+            # Distinct colours on a two-colour background: Lab features track the squares.
+            assert result["scores"]["J&F-Mean"] > 0.7
+
+
+def test_checkpoint_features_end_to_end(davis_root: Path, tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "enc.ckpt")
+    result = run_davis(davis_root, tmp_path / "out", "features=checkpoint", f"ckpt={ckpt}", "protocol=corrflow", "score=false")
+    assert result["scores"] is None
+    assert len(list((tmp_path / "out" / "results" / "squares-a").glob("*.png"))) == 6
+
+
+@pytest.mark.parametrize("features", ["lab", "random"])
+def test_davis2016_end_to_end(tmp_path: Path, features: str) -> None:
+    root = make_davis_tree(tmp_path / "DAVIS", year="2016", split="dev", n_objects=1)
+    out = tmp_path / "out"
+    result = propagate(
+        compose_cfg("task=davis2016", f"data.root={root}", "task.dataset.split=dev", f"output_dir={out}", f"features={features}")
+    )
+    assert result["skipped"] == []
+    assert len(list((out / "results" / "squares-b").glob("*.png"))) == 5
+    if HAS_EVALUATION:
+        assert (out / "scores" / "global_results-dev.csv").is_file()
+        assert result["scores"]["J&F-Mean"] > (0.5 if features == "lab" else 0.0)
+
+
+@pytest.mark.parametrize("features", ["lab", "random"])
+@pytest.mark.parametrize("protocol", ["crw", "corrflow"])
+def test_jhmdb_end_to_end(tmp_path: Path, protocol: str, features: str) -> None:
+    root = make_jhmdb_tree(tmp_path / "JHMDB")
+    out = tmp_path / "out"
+    result = propagate(compose_cfg("task=jhmdb", f"data.root={root}", f"output_dir={out}", f"protocol={protocol}", f"features={features}"))
+    with np.load(out / "results" / "catch" / "clip_a.npz") as f:
+        kp, found = f["keypoints"], f["found"]
+    assert kp.shape == (5, 15, 2) and kp.dtype == np.float32 and found.shape == (5, 15)
+    np.testing.assert_allclose(kp[0, 0], [4.0, 4.0])  # frame 0 is the query
+    assert np.isfinite(kp[found]).all()
+    if features == "lab":  # the texture moves one pixel a frame: Lab keeps most joints
+        assert found.mean() > (0.95 if protocol == "crw" else 0.5)
+    assert (out / "overlays" / "run" / "clip_b.gif").is_file()
+    if HAS_EVALUATION:
+        assert set(result["scores"]) == {"pck@0.1", "pck@0.2"}
+        assert (out / "scores" / "pck_results.csv").is_file()
+
+
+@pytest.mark.parametrize("features", ["lab", "random"])
+def test_keypoints_task_end_to_end(tmp_path: Path, features: str) -> None:
+    root = make_keypoint_tree(tmp_path / "kp")
+    out = tmp_path / "out"
+    result = propagate(compose_cfg("task=keypoints", f"data.root={root}", f"output_dir={out}", f"features={features}"))
+    with np.load(out / "results" / "dots.npz") as f:
+        kp = f["keypoints"]
+    assert kp.shape == (5, 3, 2)
+    assert np.isnan(kp[0]).all()  # before the query frame
+    np.testing.assert_allclose(kp[1, 0], [7.0, 5.0])  # the query frame is given
+    assert np.isnan(kp[1:, 1]).all()  # invisible at the query: nothing to propagate
+    if features == "lab":  # the texture moves one pixel a frame: Lab keeps hold of the points
+        assert np.isfinite(kp[2:, [0, 2]]).all()
+    if HAS_EVALUATION:
+        assert 0.0 <= result["scores"]["pck@0.1"] <= 1.0
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+def test_resume_skips_finished_sequences_and_redoes_a_half_written_one(davis_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = run_davis(davis_root, out, "features=lab", "protocol=corrflow")
+    assert first["skipped"] == []
+    results = out / "results"
+    a_times = {p.name: p.stat().st_mtime_ns for p in (results / "squares-a").glob("*.png")}
+    # squares-b was interrupted: no done-file, a missing frame and a stray temporary file.
+    (results / "squares-b.done").unlink()
+    (results / "squares-b" / "00004.png").unlink()
+    (results / "squares-b" / ".00004.png.tmp").write_bytes(b"partial")
+    second = run_davis(davis_root, out, "features=lab", "protocol=corrflow")
+    assert second["skipped"] == ["squares-a"]
+    assert {p.name: p.stat().st_mtime_ns for p in (results / "squares-a").glob("*.png")} == a_times
+    assert sorted(p.name for p in (results / "squares-b").iterdir()) == [f"{t:05d}.png" for t in range(5)]
+    assert json.loads((results / "squares-b.done").read_text())["frames"] == 5
+    # Selecting fewer videos keeps the finished ones; another protocol in the same folder redoes them.
+    third = run_davis(davis_root, out, "features=lab", "protocol=corrflow", "task.dataset.sequences=[squares-b]")
+    assert third["skipped"] == ["squares-b"]
+    fourth = run_davis(davis_root, out, "features=lab", "protocol=corrflow", "protocol.propagator.radius=2")
+    assert fourth["skipped"] == []
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+def test_checkpoint_of_the_wrong_kind(davis_root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"layer.weight": torch.zeros(1)}}, bad)
+    with pytest.raises(Exception, match=r"other\.ckpt: not a corrflow training checkpoint"):
+        run_davis(davis_root, tmp_path / "out", "features=checkpoint", f"ckpt={bad}")
+    with pytest.raises(Exception, match=r"needs a checkpoint: ckpt="):
+        run_davis(davis_root, tmp_path / "out", "features=checkpoint")
+
+
+def test_empty_split_file_through_propagate(davis_root: Path, tmp_path: Path) -> None:
+    (davis_root / "ImageSets" / "2017" / "val.txt").write_text("")
+    with pytest.raises(Exception, match=r"val\.txt: the split file is empty"):
+        run_davis(davis_root, tmp_path / "out", "features=lab")
+
+
+def test_bad_ground_truth_fails_before_propagating(davis_root: Path, tmp_path: Path) -> None:
+    mask = np.zeros((32, 48), np.uint8)
+    mask[:4, :4] = 9
+    write_indexed_png(davis_root / "Annotations" / "480p" / "squares-a" / "00002.png", mask)
+    with pytest.raises(ValueError, match=r"squares-a/00002\.png: object ids \[9\]"):
+        run_davis(davis_root, tmp_path / "out", "features=lab")
+    assert not (tmp_path / "out" / "results" / "squares-a.done").exists()
+
+
+def test_entry_script(davis_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "propagate.py"), "task=davis", f"data.root={davis_root}", "features=lab",
+         "protocol=corrflow", f"output_dir={out}", "progress=false", "score=false", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "squares-a" in proc.stdout
+    assert (out / "results" / "squares-b.done").is_file()
+
+
+def make_checkpoint(path: Path) -> Path:
+    """A corrflow training checkpoint holding an (untrained) CorrFlow encoder."""
+    enc = corrflow_encoder()
+    torch.save(
+        {"state_dict": {"net.encoder." + k: v for k, v in enc.state_dict().items()}, "corrflow": encoder_payload(enc, prefix="net.encoder.")},
+        path,
+    )
+    return path

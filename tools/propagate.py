@@ -1,0 +1,24 @@
+"""Propagate first-frame labels through videos, write, score and draw the results.
+
+    python tools/propagate.py task=davis features=checkpoint ckpt=path/to/last.ckpt
+    python tools/propagate.py task=davis2016 data.root=/data/DAVIS task.dataset.split=val features=lab
+    python tools/propagate.py task=jhmdb protocol=corrflow features=random data.root=/data/JHMDB
+
+See conf/propagate.yaml; the work is done by corrflow.propagation.run.propagate.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from corrflow.propagation.run import propagate
+
+
+@hydra.main(config_path="../conf", config_name="propagate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    propagate(cfg)
+
+
+if __name__ == "__main__":
+    main()
