@@ -61,6 +61,7 @@ def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathL
     if lr_key:
         ax2 = ax.twinx()
         ax2.plot(*zip(*s[lr_key]), color="tab:red", ls="--", label="learning rate")
+        ax2.set_ylim(0, 1.1 * max(v for _, v in s[lr_key]))  # from 0: a constant LR reads as constant
         ax2.set_ylabel("learning rate")
         ax2.legend(loc="lower right")
     ax.legend(loc="upper right")
