@@ -11,13 +11,7 @@ from corrflow.features.encoder import checkpoint_features, random_features
 from corrflow.models.checkpoint import encoder_payload
 from corrflow.models.encoder import corrflow_encoder
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs: one thread is faster, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

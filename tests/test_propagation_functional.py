@@ -8,13 +8,7 @@ import torch
 
 from corrflow.propagation.functional import context_indices, mixed_context_attention, onehot_argmax
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs: one thread is faster, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

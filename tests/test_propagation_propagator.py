@@ -14,13 +14,7 @@ from corrflow.propagation import LabelPropagator, context_indices, onehot_argmax
 CRW = dict(global_first=True, n_recent=20, radius=12, temperature=0.05, topk=10, feedback="soft", normalize=True)
 CORRFLOW = dict(global_first=False, n_recent=1, radius=6, temperature=1.0, topk=None, feedback="argmax", normalize=False)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs: one thread is faster, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

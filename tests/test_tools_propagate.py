@@ -31,13 +31,7 @@ CONF_DIR = str(REPO / "conf")
 HAS_EVALUATION = importlib.util.find_spec("corrflow.evaluation") is not None
 HAS_IMAGENET = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs: one thread is faster, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -39,14 +39,29 @@ def _tile_mask(h: int, w: int, radius: int, tile: int, device: str) -> Tensor:
     return mask.reshape(nty * ntx, tile * tile, s * s)
 
 
-def _key_regions(x: Tensor, radius: int, tile: int) -> Tensor:
-    """(N, C, H, W) -> (N, nTiles, S*S, C): each tile's key region, zero-padded outside the frame."""
+def tile_queries(x: Tensor, tile: int) -> Tensor:
+    """(N, C, H, W) -> (N, nTy, nTx, T*T, C): the frame cut into T x T tiles, zero-padded at the end."""
     n, c, h, w = x.shape
+    nty, ntx = -(-h // tile), -(-w // tile)
+    x = F.pad(x, (0, ntx * tile - w, 0, nty * tile - h))
+    return x.view(n, c, nty, tile, ntx, tile).permute(0, 2, 4, 3, 5, 1).reshape(n, nty, ntx, tile * tile, c)
+
+
+def key_region_view(x: Tensor, radius: int, tile: int) -> Tensor:
+    """(N, C, H, W) -> (N, C, nTy, nTx, S, S) view, S = T + 2M: each tile's key region (the tile
+    grown by M on every side), zero outside the frame."""
+    _, _, h, w = x.shape
     nty, ntx = -(-h // tile), -(-w // tile)
     s = tile + 2 * radius
     x = F.pad(x, (radius, radius + ntx * tile - w, radius, radius + nty * tile - h))
-    x = x.unfold(2, s, tile).unfold(3, s, tile)  # (N, C, nty, ntx, S, S)
-    return x.permute(0, 2, 3, 4, 5, 1).reshape(n, nty * ntx, s * s, c)
+    return x.unfold(2, s, tile).unfold(3, s, tile)
+
+
+def _key_regions(x: Tensor, radius: int, tile: int) -> Tensor:
+    """(N, C, H, W) -> (N, nTiles, S*S, C): each tile's key region, zero-padded outside the frame."""
+    n, c = x.shape[:2]
+    v = key_region_view(x, radius, tile)  # (N, C, nty, ntx, S, S)
+    return v.permute(0, 2, 3, 4, 5, 1).reshape(n, v.shape[2] * v.shape[3], v.shape[4] * v.shape[5], c)
 
 
 def restricted_attention_tiled(
@@ -64,8 +79,7 @@ def restricted_attention_tiled(
     r, d = keys.shape[1], values.shape[2]
     nty, ntx = -(-h // tile), -(-w // tile)
     nt, s2 = nty * ntx, (tile + 2 * radius) ** 2
-    q = F.pad(query, (0, ntx * tile - w, 0, nty * tile - h))
-    q = q.view(b, c, nty, tile, ntx, tile).permute(0, 2, 4, 3, 5, 1).reshape(b, nt, tile * tile, c)
+    q = tile_queries(query, tile).view(b, nt, tile * tile, c)
     k = _key_regions(keys.reshape(b * r, c, h, w), radius, tile).view(b, r, nt, s2, c)
     v = _key_regions(values.reshape(b * r, d, h, w), radius, tile).view(b, r, nt, s2, d)
     k = k.permute(0, 2, 1, 3, 4).reshape(b, nt, r * s2, c)

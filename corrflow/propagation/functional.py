@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from corrflow.attention.tiled import key_region_view, tile_queries
+
 __all__ = ["context_indices", "mixed_context_attention", "onehot_argmax", "window_mask"]
 
 
@@ -86,23 +88,6 @@ def window_mask(h: int, w: int, radius: int, tile: int, rows: range, device: tor
     return (near[None, None] & inside[:, :, None, :]).reshape(-1, tile * tile, s * s)
 
 
-def _tiles(x: Tensor, tile: int) -> Tensor:
-    """(N, C, H, W) -> (N, nTy, nTx, T*T, C): the frame cut into tiles, zero-padded at the end."""
-    n, c, h, w = x.shape
-    nty, ntx = -(-h // tile), -(-w // tile)
-    x = F.pad(x, (0, ntx * tile - w, 0, nty * tile - h))
-    return x.view(n, c, nty, tile, ntx, tile).permute(0, 2, 4, 3, 5, 1).reshape(n, nty, ntx, tile * tile, c)
-
-
-def _regions(x: Tensor, radius: int, tile: int) -> Tensor:
-    """(N, C, H, W) -> (N, C, nTy, nTx, S, S) view: each tile's key region, zeros outside the frame."""
-    _, _, h, w = x.shape
-    nty, ntx = -(-h // tile), -(-w // tile)
-    s = tile + 2 * radius
-    x = F.pad(x, (radius, radius + ntx * tile - w, radius, radius + nty * tile - h))
-    return x.unfold(2, s, tile).unfold(3, s, tile)
-
-
 def mixed_context_attention(
     query: Tensor,
     first_key: Tensor,
@@ -158,12 +143,12 @@ def mixed_context_attention(
     tt, s = tile * tile, tile + 2 * radius
     ss = s * s
     nty, ntx = -(-h // tile), -(-w // tile)
-    q_tiles = _tiles(query, tile)  # (B, nTy, nTx, TT, C)
+    q_tiles = tile_queries(query, tile)  # (B, nTy, nTx, TT, C)
     k0 = first_key.flatten(2)  # (B, C, HW)
     v0 = first_value.flatten(2).transpose(1, 2)  # (B, HW, D)
     if r:
-        k_reg = _regions(keys.reshape(b * r, c, h, w), radius, tile)  # (B*R, C, nTy, nTx, S, S) view
-        v_reg = _regions(values.reshape(b * r, d, h, w), radius, tile)
+        k_reg = key_region_view(keys.reshape(b * r, c, h, w), radius, tile)  # (B*R, C, nTy, nTx, S, S) view
+        v_reg = key_region_view(values.reshape(b * r, d, h, w), radius, tile)
     per_row = ntx * tt * (h * w + r * ss)  # logits of one tile row
     rows_per_chunk = max(1, max_logits // max(per_row, 1))
     out_rows = []
