@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from corrflow.data.davis import frame_size, list_frame_files, read_frame
+from corrflow.metrics.pck import query_frame_index
 
 __all__ = ["KeypointVideo", "KeypointVideoDataset", "KeypointVideoSet"]
 
@@ -64,11 +65,11 @@ class KeypointVideo:
 
 
 def query_frame(visible: np.ndarray, *, source: str) -> int:
-    """First frame with a visible keypoint (the scorer's rule, :func:`corrflow.metrics.pck.query_frame_index`)."""
-    frames = np.flatnonzero(np.asarray(visible, dtype=bool).any(axis=1))
-    if frames.size == 0:
-        raise ValueError(f"{source}: no keypoint is visible in any frame")
-    return int(frames[0])
+    """First frame with a visible keypoint: the scorer's rule, with ``source`` named in the error."""
+    try:
+        return query_frame_index(visible)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
 
 
 class KeypointVideoSet(Sequence[KeypointVideo]):

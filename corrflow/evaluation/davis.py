@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from corrflow.data.davis import read_split_file
 from corrflow.metrics.davis import (
     GLOBAL_COLUMNS,
     DAVISScores,
@@ -55,11 +56,7 @@ PER_SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
 def read_davis_split(davis_root: str | os.PathLike, split: str, *, year: str = "2017") -> list[str]:
     """Sequence names of ``<davis_root>/ImageSets/<year>/<split>.txt`` (one per line)."""
     path = Path(davis_root) / "ImageSets" / year / f"{split}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"DAVIS split file not found: {path}")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"{path}: the split file lists no sequence")
+    names = read_split_file(path)
     bad = [n for n in names if "/" in n or " " in n]
     if bad:
         raise ValueError(f"{path}: expected one sequence name per line, got {bad[0]!r}")
