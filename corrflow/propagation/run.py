@@ -94,17 +94,8 @@ def _propagate_video(video, *, propagator, targets, results_dir: Path, recorder,
 
 
 def _score(cfg: DictConfig, targets, dataset, results_dir: Path, scores_dir: Path) -> Any:
-    """Run the task's evaluation on the written predictions (None when it cannot be imported)."""
-    try:
-        evaluator = instantiate(cfg.task.evaluation)
-    except Exception as e:  # hydra wraps the ImportError of a missing module
-        cause = e
-        while cause is not None and not isinstance(cause, ImportError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        log.warning("scoring skipped: %s cannot be imported (%s)", cfg.task.evaluation.get("_target_"), cause)
-        return None
+    """Run the task's evaluation on the written predictions."""
+    evaluator = instantiate(cfg.task.evaluation)
     scores_dir.mkdir(parents=True, exist_ok=True)
     return targets.evaluate(evaluator, results_dir=results_dir, dataset=dataset, output_dir=scores_dir)
 
