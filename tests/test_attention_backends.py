@@ -1,10 +1,14 @@
 """Every exact restricted-attention backend except triton (tests/test_attention_triton.py) against
 the float64 dense reference: interior and border outputs, several references, top-k, gradients.
 
-FlexAttention has no backward on the CPU, so its gradient agreement is a GPU test.
+FlexAttention has no backward on the CPU, so its gradient agreement is a GPU test; its compiled
+forward (the path CUDA takes: the neighbourhood mask traced by dynamo into a block-sparse kernel)
+is checked on the CPU too, where a C++ compiler is present.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
@@ -92,6 +96,19 @@ def test_topk_one_is_the_best_match() -> None:
     logits = torch.einsum("c,rcij->rij", q[0, :, y, x], k[0, :, :, y - 1 : y + 2, x - 1 : x + 2])
     r, i, j = torch.unravel_index(logits.argmax(), logits.shape)
     torch.testing.assert_close(out[0, :, y, x], v[0, r, :, y - 1 + i, x - 1 + j])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_flex_compiled_forward_matches_reference() -> None:
+    """The compiled FlexAttention path (fp32, several references, borders) against float64."""
+    from corrflow.attention.flex import restricted_attention_flex
+
+    shape, radius, temperature = CASES["three_refs"]
+    q, k, v = _inputs(shape, seed=8)
+    want = restricted_attention(q, k, v, radius=radius, temperature=temperature, backend="reference")
+    got = restricted_attention_flex(q.float(), k.float(), v.float(), radius=radius, temperature=temperature, compiled=True)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_flex_rejects_topk() -> None:

@@ -3,7 +3,8 @@
 The queries are the H*W target positions; the keys are the R*H*W reference positions laid end to
 end, so one softmax spans every reference. The block mask skips key blocks that lie entirely
 outside every query's window, so the work stays near the window's size. Compiled on CUDA; on the
-CPU FlexAttention runs its eager (dense) path, which is useful only to test the mask.
+CPU FlexAttention runs its eager (dense) path by default, which is useful only to test the mask
+(``compiled=True`` compiles it there too, forward only: FlexAttention has no CPU backward).
 """
 
 from __future__ import annotations
@@ -43,9 +44,19 @@ def _pad_last(x: Tensor, multiple: int = 16) -> Tensor:
 
 
 def restricted_attention_flex(
-    query: Tensor, keys: Tensor, values: Tensor, *, radius: int, temperature: float = 1.0, topk: int | None = None
+    query: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    *,
+    radius: int,
+    temperature: float = 1.0,
+    topk: int | None = None,
+    compiled: bool | None = None,
 ) -> Tensor:
-    """See :func:`corrflow.attention.functional.restricted_attention` for the contract."""
+    """See :func:`corrflow.attention.functional.restricted_attention` for the contract.
+
+    ``compiled``: run FlexAttention through ``torch.compile`` (None: on CUDA only).
+    """
     from torch.nn.attention.flex_attention import flex_attention
 
     if topk is not None:
@@ -56,8 +67,9 @@ def restricted_attention_flex(
     q = _pad_last(query.flatten(2).transpose(1, 2)).unsqueeze(1)  # (B, 1, HW, C')
     k = _pad_last(keys.to(dtype).permute(0, 1, 3, 4, 2).reshape(b, r * h * w, c)).unsqueeze(1)  # (B, 1, R*HW, C')
     v = _pad_last(values.to(dtype).permute(0, 1, 3, 4, 2).reshape(b, r * h * w, d)).unsqueeze(1)  # (B, 1, R*HW, D')
-    on_cuda = query.device.type == "cuda"
+    if compiled is None:
+        compiled = query.device.type == "cuda"
     mask = _block_mask(h, w, r, radius, str(query.device))
-    fn = _compiled_flex() if on_cuda else flex_attention
+    fn = _compiled_flex() if compiled else flex_attention
     out = fn(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask, scale=1.0 / temperature)
     return out[:, 0, :, :d].transpose(1, 2).reshape(b, d, h, w)
