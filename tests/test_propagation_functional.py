@@ -6,21 +6,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corrflow.propagation.functional import context_indices, mixed_context_attention, onehot_argmax
+from corrflow.propagation.functional import context_indices, mixed_context_attention, onehot_argmax, window_mask, window_reach
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
-def dense_mixed_reference(q, k0, v0, keys, values, *, radius, temperature, topk):
+def dense_mixed_reference(q, k0, v0, keys, values, *, radius, temperature, topk, window="square"):
     """Every candidate's logit written out: the first frame whole, recent frames masked to the
-    radius (Chebyshev), exactly the top-k over all of them, one softmax. (B, D, H, W)."""
+    radius (Chebyshev <= radius, or Euclidean < radius for 'disc'), exactly the top-k over all of
+    them, one softmax. (B, D, H, W)."""
     b, c, h, w = q.shape
     r, d = keys.shape[1], v0.shape[1]
     qf = q.flatten(2).transpose(1, 2)  # (B, HW, C)
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     yy, xx = yy.flatten(), xx.flatten()
-    near = ((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)  # (HW, HW)
+    dy, dx = (yy[:, None] - yy[None]).double(), (xx[:, None] - xx[None]).double()  # (HW, HW)
+    if window == "disc":
+        near = (dy**2 + dx**2).sqrt() < radius
+    else:
+        near = (dy.abs() <= radius) & (dx.abs() <= radius)
     logits = [qf @ k0.flatten(2) / temperature]
     vals = [v0.flatten(2).transpose(1, 2)]
     for i in range(r):
@@ -43,17 +48,21 @@ def test_context_indices_first_plus_recent_padded_with_frame_0() -> None:
 
 
 @pytest.mark.parametrize(
-    "h, w, r, radius, tile, topk, max_logits",
+    "h, w, r, radius, tile, topk, max_logits, window",
     [
-        (7, 11, 3, 2, 4, 5, 1 << 25),
-        (9, 13, 2, 3, 8, 10, 1 << 25),
-        (13, 9, 4, 1, 4, 10, 500),  # many chunks
-        (6, 5, 0, 1, 3, 4, 1 << 25),  # first frame only
-        (5, 6, 1, 0, 2, 3, 1 << 25),  # radius 0
-        (9, 13, 2, 3, 8, None, 1 << 25),  # no top-k
+        (7, 11, 3, 2, 4, 5, 1 << 25, "square"),
+        (9, 13, 2, 3, 8, 10, 1 << 25, "square"),
+        (13, 9, 4, 1, 4, 10, 500, "square"),  # many chunks
+        (6, 5, 0, 1, 3, 4, 1 << 25, "square"),  # first frame only
+        (5, 6, 1, 0, 2, 3, 1 << 25, "square"),  # radius 0
+        (9, 13, 2, 3, 8, None, 1 << 25, "square"),  # no top-k
+        (9, 13, 2, 4, 4, 10, 1 << 25, "disc"),
+        (13, 9, 3, 3, 8, 10, 500, "disc"),  # many chunks
+        (8, 10, 2, 5, 3, None, 1 << 25, "disc"),  # no top-k
+        (5, 6, 2, 1, 2, 3, 1 << 25, "disc"),  # radius 1: the same location only
     ],
 )
-def test_mixed_context_attention_matches_dense_reference(h, w, r, radius, tile, topk, max_logits) -> None:
+def test_mixed_context_attention_matches_dense_reference(h, w, r, radius, tile, topk, max_logits, window) -> None:
     g = torch.Generator().manual_seed(h * 100 + w)
     q = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
     k0 = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
@@ -61,9 +70,9 @@ def test_mixed_context_attention_matches_dense_reference(h, w, r, radius, tile, 
     keys = torch.randn(2, r, 5, h, w, generator=g, dtype=torch.float64)
     values = torch.rand(2, r, 3, h, w, generator=g, dtype=torch.float64)
     out = mixed_context_attention(
-        q, k0, v0, keys, values, radius=radius, temperature=0.3, topk=topk, tile=tile, max_logits=max_logits
+        q, k0, v0, keys, values, radius=radius, temperature=0.3, topk=topk, tile=tile, max_logits=max_logits, window=window
     )
-    ref = dense_mixed_reference(q, k0, v0, keys, values, radius=radius, temperature=0.3, topk=topk)
+    ref = dense_mixed_reference(q, k0, v0, keys, values, radius=radius, temperature=0.3, topk=topk, window=window)
     assert out.shape == (2, 3, h, w)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
@@ -91,6 +100,21 @@ def test_mixed_context_radius_limits_recent_frames_not_the_first() -> None:
     assert label1_at_origin(blank_key, blank_label, radius=4) == 0.0  # out of the window
     assert label1_at_origin(blank_key, blank_label, radius=5) > 0.99  # in the window
     assert label1_at_origin(match, label, radius=0) > 0.99  # the first frame: anywhere
+
+
+def test_disc_window_is_crw_round_mask() -> None:
+    """'disc' keeps offsets strictly closer than the radius: at radius 12 that is 437 offsets of
+    the 625 of the 25 x 25 square, reaching 11 cells along an axis (CRW's MaskedAttention)."""
+    allowed = window_mask(40, 40, 12, 1, range(20, 21), "cpu", "disc")  # the tile (1x1) at row 20, every column
+    assert allowed.shape == (40, 1, 23 * 23)
+    assert int(allowed[20].sum()) == 437  # an interior query
+    assert window_reach(12, "disc") == 11 and window_reach(12, "square") == 12
+    square = window_mask(40, 40, 12, 1, range(20, 21), "cpu", "square")
+    assert int(square[20].sum()) == 625
+    with pytest.raises(ValueError, match="radius >= 1"):
+        window_reach(0, "disc")
+    with pytest.raises(ValueError, match="window must be"):
+        window_reach(3, "round")
 
 
 def test_mixed_context_attention_checks_shapes() -> None:

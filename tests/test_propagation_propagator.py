@@ -11,8 +11,8 @@ from torch import nn
 
 from corrflow.propagation import LabelPropagator, context_indices, onehot_argmax
 
-CRW = dict(global_first=True, n_recent=20, radius=12, temperature=0.05, topk=10, feedback="soft", normalize=True)
-CORRFLOW = dict(global_first=False, n_recent=1, radius=6, temperature=1.0, topk=None, feedback="argmax", normalize=False)
+CRW = dict(global_first=True, n_recent=20, radius=12, window="disc", temperature=0.05, topk=10, feedback="soft", normalize=True)
+CORRFLOW = dict(global_first=False, n_recent=1, radius=6, window="square", temperature=1.0, topk=None, feedback="argmax", normalize=False)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +72,9 @@ def test_corrflow_feeds_back_the_argmax_and_crw_the_soft_prediction() -> None:
     frames = [torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     start = random_labels(3, 4, 4)
     for feedback in ("argmax", "soft"):
-        prop = LabelPropagator(PoolFeatures(), global_first=False, n_recent=1, radius=1, temperature=0.5, topk=None, feedback=feedback)
+        prop = LabelPropagator(
+            PoolFeatures(), global_first=False, n_recent=1, radius=1, window="square", temperature=0.5, topk=None, feedback=feedback
+        )
         prop.step(frames[0], start)
         pred = prop.step(frames[1])
         assert not torch.equal(pred, onehot_argmax(pred[None])[0])  # the prediction itself is soft

@@ -37,7 +37,8 @@ def dense_propagation(frames: torch.Tensor, first_labels: torch.Tensor, encoder,
     t, c, h, w = feats.shape
     yy, xx = torch.meshgrid(torch.arange(h, device=feats.device), torch.arange(w, device=feats.device), indexing="ij")
     yy, xx = yy.flatten(), xx.flatten()
-    near = ((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)  # (HW, HW)
+    dy, dx = (yy[:, None] - yy[None]).float(), (xx[:, None] - xx[None]).float()
+    near = (dy**2 + dx**2).sqrt() < radius  # (HW, HW): CRW's round window (MaskedAttention)
     labels = [first_labels]
     for i in range(1, t):
         ctx = [0] + [max(0, j) for j in range(i - n_recent, i)]

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from corrflow.attention.tiled import key_region_view, tile_queries
 
-__all__ = ["context_indices", "mixed_context_attention", "onehot_argmax", "window_mask"]
+__all__ = ["WINDOWS", "context_indices", "mixed_context_attention", "onehot_argmax", "window_mask", "window_reach"]
 
 
 def context_indices(t: int, *, n_recent: int, first: int = 0, global_first: bool = True) -> list[int]:
@@ -57,14 +57,35 @@ def onehot_argmax(labels: Tensor) -> Tensor:
     return F.one_hot(idx, labels.shape[1]).permute(0, 3, 1, 2).to(labels.dtype)
 
 
+WINDOWS = ("square", "disc")
+
+
+def window_reach(radius: int, window: str = "square") -> int:
+    """How far, in cells along an axis, a window of ``radius`` reaches.
+
+    'square': every offset with max(|dy|, |dx|) <= radius (a (2M+1) x (2M+1) window, CorrFlow's).
+    'disc': every offset with dy^2 + dx^2 < radius^2, strictly (CRW's ``MaskedAttention``), which
+    reaches radius - 1 along an axis.
+    """
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+    if window == "disc":
+        if radius < 1:
+            raise ValueError(f"a 'disc' window needs radius >= 1 (it holds the offsets closer than radius), got {radius}")
+        return radius - 1
+    return radius
+
+
 @lru_cache(maxsize=256)
-def window_mask(h: int, w: int, radius: int, tile: int, rows: range, device: torch.device | str = "cpu") -> Tensor:
+def window_mask(
+    h: int, w: int, radius: int, tile: int, rows: range, device: torch.device | str = "cpu", window: str = "square"
+) -> Tensor:
     """Which key of each tile's key region a query of that tile may attend to.
 
     The target frame is cut into ``tile`` x ``tile`` tiles (row-major, ``ceil(w / tile)`` a row);
-    the key region of a tile is the tile grown by ``radius`` on every side (side S = tile + 2M).
-    A key is allowed when it lies inside the (h, w) frame and within ``radius`` (Chebyshev) of
-    the query.
+    the key region of a tile is the tile grown by ``reach = window_reach(radius, window)`` on every
+    side (side S = tile + 2 * reach). A key is allowed when it lies inside the (h, w) frame and in
+    the query's window (see :func:`window_reach` for the two shapes).
 
     Args:
         rows: the tile rows to build (e.g. ``range(2, 4)``).
@@ -73,13 +94,18 @@ def window_mask(h: int, w: int, radius: int, tile: int, rows: range, device: tor
         (nTiles, T*T, S*S) bool for the ``len(rows) * ceil(w / tile)`` tiles of those rows (cached:
         treat it as read-only).
     """
-    s = tile + 2 * radius
+    reach = window_reach(radius, window)
+    s = tile + 2 * reach
     ntx = -(-w // tile)
     q = torch.arange(tile * tile, device=device)
     k = torch.arange(s * s, device=device)
     qy, qx = q // tile, q % tile  # query position inside its tile
-    ky, kx = k // s - radius, k % s - radius  # key position relative to the tile origin
-    near = ((qy[:, None] - ky[None]).abs() <= radius) & ((qx[:, None] - kx[None]).abs() <= radius)  # (TT, SS)
+    ky, kx = k // s - reach, k % s - reach  # key position relative to the tile origin
+    dy, dx = qy[:, None] - ky[None], qx[:, None] - kx[None]  # (TT, SS) offsets
+    if window == "disc":
+        near = dy * dy + dx * dx < radius * radius
+    else:
+        near = (dy.abs() <= radius) & (dx.abs() <= radius)
     oy = torch.tensor(list(rows), device=device)[:, None] * tile  # (nRows, 1) tile origins
     ox = torch.arange(ntx, device=device)[None, :] * tile  # (1, nTx)
     gy = oy[..., None] + ky  # (nRows, 1, SS) absolute key rows
@@ -100,11 +126,14 @@ def mixed_context_attention(
     topk: int | None = None,
     tile: int = 8,
     max_logits: int = 1 << 25,
+    window: str = "square",
 ) -> Tensor:
     """CRW-style propagation: a global first frame plus windowed recent frames, one joint softmax.
 
     For a target location p the candidates are every location of the first frame, and, in each
-    recent frame r, the locations within ``radius`` (Chebyshev) of p that lie inside the frame.
+    recent frame r, the locations in p's window that lie inside the frame: within ``radius``
+    (Chebyshev, ``window='square'``) or closer than ``radius`` (Euclidean, ``window='disc'``, as
+    CRW's released test code masks).
     logit = <query[p], key> / temperature. With ``topk``, logits below the k-th largest over all
     candidates (both parts together) are dropped; exactly k are kept. The output is the softmax-weighted sum of the
     candidates' values.
@@ -120,6 +149,7 @@ def mixed_context_attention(
         topk: keep the k largest logits per target (None: all).
         tile: tile side for the windowed part (memory vs. over-computation trade-off).
         max_logits: about how many logits one chunk of target tiles may hold; bounds memory.
+        window: 'square' or 'disc', the shape of the recent frames' window (:func:`window_reach`).
 
     Returns:
         (B, D, H, W) propagated labels.
@@ -137,18 +167,19 @@ def mixed_context_attention(
         raise ValueError(f"values must be ({b}, {r}, {d}, {h}, {w}), got {tuple(values.shape)}")
     if radius < 0 or tile < 1:
         raise ValueError(f"radius must be >= 0 and tile >= 1, got {radius}, {tile}")
+    reach = window_reach(radius, window)
     if topk is not None and topk < 1:
         raise ValueError(f"topk must be >= 1 or None, got {topk}")
 
-    tt, s = tile * tile, tile + 2 * radius
+    tt, s = tile * tile, tile + 2 * reach
     ss = s * s
     nty, ntx = -(-h // tile), -(-w // tile)
     q_tiles = tile_queries(query, tile)  # (B, nTy, nTx, TT, C)
     k0 = first_key.flatten(2)  # (B, C, HW)
     v0 = first_value.flatten(2).transpose(1, 2)  # (B, HW, D)
     if r:
-        k_reg = key_region_view(keys.reshape(b * r, c, h, w), radius, tile)  # (B*R, C, nTy, nTx, S, S) view
-        v_reg = key_region_view(values.reshape(b * r, d, h, w), radius, tile)
+        k_reg = key_region_view(keys.reshape(b * r, c, h, w), reach, tile)  # (B*R, C, nTy, nTx, S, S) view
+        v_reg = key_region_view(values.reshape(b * r, d, h, w), reach, tile)
     per_row = ntx * tt * (h * w + r * ss)  # logits of one tile row
     rows_per_chunk = max(1, max_logits // max(per_row, 1))
     out_rows = []
@@ -161,7 +192,7 @@ def mixed_context_attention(
             kc = k_reg[:, :, rows.start : rows.stop].reshape(b, r, c, n, ss).permute(0, 3, 1, 4, 2)
             kc = kc.reshape(b, n, r * ss, c)  # (B, n, R*SS, C)
             ll = torch.matmul(q.view(b, n, tt, c), kc.transpose(-1, -2))  # (B, n, TT, R*SS)
-            allowed = window_mask(h, w, radius, tile, rows, str(query.device))  # (n, TT, SS)
+            allowed = window_mask(h, w, radius, tile, rows, str(query.device), window)  # (n, TT, SS)
             bias = torch.zeros(allowed.shape, dtype=ll.dtype, device=ll.device).masked_fill_(~allowed, float("-inf"))
             ll.view(b, n, tt, r, ss).add_(bias[:, :, None, :])  # out-of-window and out-of-frame keys -> -inf
             parts.append(ll.view(b, n * tt, r * ss))

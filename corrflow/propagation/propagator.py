@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from corrflow.attention import restricted_attention
-from corrflow.propagation.functional import mixed_context_attention, onehot_argmax
+from corrflow.propagation.functional import mixed_context_attention, onehot_argmax, window_reach
 from corrflow.propagation.labels import pad_to_stride
 
 __all__ = ["LabelPropagator"]
@@ -26,9 +26,10 @@ FEEDBACK = ("soft", "argmax")
 class LabelPropagator:
     """Propagates label maps through one video, frame by frame.
 
-    The CRW protocol is ``global_first=True, n_recent=20, radius=12, temperature=0.05, topk=10,
-    feedback='soft', normalize=True``; CorrFlow's is ``global_first=False, n_recent=1, radius=6,
-    topk=None, feedback='argmax'``.
+    The CRW protocol is ``global_first=True, n_recent=20, radius=12, window='disc',
+    temperature=0.05, topk=10, feedback='soft', normalize=True``; CorrFlow's is
+    ``global_first=False, n_recent=1, radius=6, window='square', temperature=1, topk=None,
+    feedback='argmax', normalize=False``.
 
     Args:
         features: maps (1, 3, H', W') RGB in [0, 1] (H', W' multiples of ``features.stride``) to
@@ -36,6 +37,8 @@ class LabelPropagator:
         n_recent: how many previous frames the context holds (the start is padded with the first).
         global_first: the first frame is also attended whole (not only within the radius).
         radius: window half-size for recent frames, in feature cells.
+        window: the recent frames' window: 'disc' (offsets closer than ``radius``, Euclidean, as
+            CRW's test code masks; needs ``global_first``) or 'square' ((2M+1) x (2M+1), CorrFlow's).
         temperature: logits are divided by it.
         topk: keep the k largest affinities over the whole context (None: all).
         feedback: 'soft' (the soft prediction becomes context) or 'argmax' (its one-hot).
@@ -54,6 +57,7 @@ class LabelPropagator:
         n_recent: int = 20,
         global_first: bool = True,
         radius: int = 12,
+        window: str = "disc",
         temperature: float = 0.05,
         topk: int | None = 10,
         feedback: str = "soft",
@@ -66,6 +70,12 @@ class LabelPropagator:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
         if n_recent < 0 or (n_recent == 0 and not global_first):
             raise ValueError("the context is empty: give n_recent >= 1 or global_first=True")
+        window_reach(radius, window)  # validates the window and radius
+        if window == "disc" and not global_first:
+            raise ValueError(
+                "window='disc' (CRW's round window) is implemented for the CRW context (global_first=True); "
+                "use window='square' without a global first frame"
+            )
         if not hasattr(features, "stride"):
             raise TypeError(f"the feature extractor {type(features).__name__} has no 'stride' attribute")
         self.features = features
@@ -73,6 +83,7 @@ class LabelPropagator:
         self.n_recent = n_recent
         self.global_first = global_first
         self.radius = radius
+        self.window = window
         self.temperature = temperature
         self.topk = topk
         self.feedback = feedback
@@ -165,7 +176,7 @@ class LabelPropagator:
         if self.global_first:
             return mixed_context_attention(
                 query, first_feats, first_labels, keys, values,
-                radius=self.radius, temperature=self.temperature, topk=self.topk,
+                radius=self.radius, temperature=self.temperature, topk=self.topk, window=self.window,
             )  # fmt: skip
         return restricted_attention(
             query, keys, values, radius=self.radius, temperature=self.temperature, topk=self.topk, backend=self.backend
