@@ -15,6 +15,7 @@ from corrflow.propagation.labels import (
     labels_to_ids,
     masks_to_onehot,
     pool_labels,
+    resize_labels,
     upsample_labels,
 )
 
@@ -33,6 +34,22 @@ def test_onehot_pool_upsample_round_trip_on_cell_aligned_masks() -> None:
     assert back.shape == (13, 18)
     assert torch.equal(back[5:7, 5:11], torch.full((2, 6), 3)) and torch.equal(back[9:11, 1:3], torch.full((2, 2), 5))
     assert back[0, 0] == 0
+
+
+def test_bilinear_resize_samples_two_pixels_at_each_cell_centre() -> None:
+    """CRW's resize of a one-hot mask to the grid: cell j of stride 4 samples pixels 4j+1 and 4j+2
+    (centre 4j+1.5), where pooling takes the share of pixels 4j..4j+3. An object from column 3 on
+    is absent from cell 0 by resizing, a quarter of it by pooling."""
+    mask = torch.zeros(8, 8, dtype=torch.int64)
+    mask[:, 3:] = 1
+    onehot = masks_to_onehot(mask, [1])
+    resized, pooled = resize_labels(onehot, (2, 2)), pool_labels(onehot, 4)
+    assert resized.shape == pooled.shape == (2, 2, 2)
+    assert resized[1, :, 0].tolist() == [0.0, 0.0] and resized[1, :, 1].tolist() == [1.0, 1.0]
+    assert pooled[1, :, 0].tolist() == [0.25, 0.25]
+    # and back to the frame size: pixel x reads the grid at x / 4 - 0.375, clamped to [0, 1]
+    back = resize_labels(resized, (8, 8))[1, 0]
+    assert back.tolist() == pytest.approx([0.0, 0.0, 0.125, 0.375, 0.625, 0.875, 1.0, 1.0])
 
 
 @pytest.mark.parametrize("stride", [4, 8])

@@ -23,6 +23,7 @@ __all__ = [
     "masks_to_onehot",
     "pad_to_stride",
     "pool_labels",
+    "resize_labels",
     "upsample_labels",
 ]
 
@@ -74,6 +75,16 @@ def upsample_labels(labels: Tensor, size: Sequence[int], stride: int) -> Tensor:
     d, h, w = labels.shape
     up = F.interpolate(labels[None], size=(h * stride, w * stride), mode="bilinear", align_corners=False)[0]
     return up[:, : int(size[0]), : int(size[1])]
+
+
+def resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
+    """(D, H, W) -> (D, *size) by plain bilinear resizing (``align_corners=False``, no antialias).
+
+    CRW's label handling: its data loader resizes the one-hot first frame straight to the feature
+    grid (``cv2.resize(..., INTER_LINEAR)``, which samples 2 x 2 pixels at each cell centre, so the
+    labels stay nearly hard), and its dump resizes predictions straight back to the frame size.
+    """
+    return F.interpolate(labels[None].float(), size=tuple(int(v) for v in size), mode="bilinear", align_corners=False)[0]
 
 
 def labels_to_ids(labels: Tensor, ids: Sequence[int]) -> Tensor:

@@ -35,6 +35,7 @@ from corrflow.propagation.labels import (
     labels_to_ids,
     masks_to_onehot,
     pool_labels,
+    resize_labels,
     upsample_labels,
 )
 from corrflow.utils.io import write_indexed_png
@@ -57,10 +58,20 @@ class MaskTargets:
         validate_annotations: before propagating a video, check all its annotations (palette,
             size, no ids that the first frame lacks) so that bad ground truth fails early and
             names its file. Propagation itself reads only the first frame's.
+        label_resize: how masks reach the feature grid and predictions come back.
+            'pool': each cell holds the share of each label among its stride x stride pixels (of
+            the edge-padded frame); predictions are resized bilinearly to the padded frame, then
+            cropped. 'bilinear': CRW's test code, a plain bilinear resize of the one-hot mask
+            straight to the grid, and of the predictions straight back to the frame size.
     """
 
-    def __init__(self, *, validate_annotations: bool = True) -> None:
+    LABEL_RESIZE = ("pool", "bilinear")
+
+    def __init__(self, *, validate_annotations: bool = True, label_resize: str = "pool") -> None:
+        if label_resize not in self.LABEL_RESIZE:
+            raise ValueError(f"label_resize must be one of {self.LABEL_RESIZE}, got {label_resize!r}")
         self.validate_annotations = validate_annotations
+        self.label_resize = label_resize
 
     @staticmethod
     def harden(labels: Tensor) -> Tensor:
@@ -79,7 +90,9 @@ class MaskTargets:
         out = self.output_path(results_dir, video.name)
         _remove(out)  # a half-written run of this video is redone from scratch
         out.mkdir(parents=True)
-        return MaskSession(torch.from_numpy(mask.astype(np.int64)), ids, stride=stride, out_dir=out)
+        return MaskSession(
+            torch.from_numpy(mask.astype(np.int64)), ids, stride=stride, out_dir=out, label_resize=self.label_resize
+        )
 
     def evaluate(self, evaluator: Callable[..., Any], *, results_dir: Path, dataset, output_dir: Path) -> Any:
         """Score with ``evaluator(results_dir, sequences=..., output_dir=...)`` (e.g. ``evaluate_davis``)."""
@@ -101,19 +114,29 @@ class MaskTargets:
 class MaskSession:
     """One video's masks: the query labels, and the writer of ``%05d.png`` palette PNGs."""
 
-    def __init__(self, mask: Tensor, ids: list[int], *, stride: int, out_dir: Path) -> None:
+    def __init__(self, mask: Tensor, ids: list[int], *, stride: int, out_dir: Path, label_resize: str = "pool") -> None:
         self.start = 0
         self.size = tuple(mask.shape)
         self.ids, self.stride, self.out_dir = ids, stride, out_dir
+        self.label_resize = label_resize
         self._mask = mask
-        self.labels = pool_labels(masks_to_onehot(mask, ids), stride)  # (1 + N, h, w)
+        onehot = masks_to_onehot(mask, ids)
+        if label_resize == "bilinear":
+            self.labels = resize_labels(onehot, feature_grid(self.size, stride))  # (1 + N, h, w)
+        else:
+            self.labels = pool_labels(onehot, stride)
 
     def emit(self, t: int, pred: Tensor) -> np.ndarray:
         """Decode (D, h, w) labels of frame t to an (H, W) id map and write it; the query frame's is the input mask."""
         if t == self.start:
             ids = self._mask
         else:
-            ids = labels_to_ids(upsample_labels(pred.float().cpu(), self.size, self.stride), self.ids)
+            pred = pred.float().cpu()
+            if self.label_resize == "bilinear":
+                full = resize_labels(pred, self.size)
+            else:
+                full = upsample_labels(pred, self.size, self.stride)
+            ids = labels_to_ids(full, self.ids)
         ids = ids.numpy().astype(np.uint8)
         write_indexed_png(self.out_dir / f"{t:05d}.png", ids)
         return ids
