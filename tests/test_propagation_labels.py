@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,14 @@ def test_harden_heatmaps_keeps_each_keypoint_at_its_peak() -> None:
     assert hard[2, 1, 5] == 1 and hard[2].sum() == 1
     assert hard[3].sum() == 0  # an empty map stays empty
     torch.testing.assert_close(hard[0], 1.0 - hard[1:].sum(0))
+
+
+def test_rescale_points_pixel_centre_convention_and_round_trip() -> None:
+    from corrflow.propagation.targets import rescale_points
+
+    xy = np.array([[0.0, 0.0], [319.0, 239.0], [np.nan, np.nan]], dtype=np.float32)
+    up = rescale_points(xy, (240, 320), (320, 320))  # JHMDB's 240 x 320 to CRW's 320 x 320
+    np.testing.assert_allclose(up[0], [0.0, 0.5 * 4 / 3 - 0.5], rtol=1e-6)  # y: (0 + 0.5) * 4/3 - 0.5
+    np.testing.assert_allclose(up[1], [319.0, 239.5 * 4 / 3 - 0.5], rtol=1e-6)  # the last pixel centre -> 319.17
+    assert np.isnan(up[2]).all()
+    np.testing.assert_allclose(rescale_points(up, (320, 320), (240, 320))[:2], xy[:2], atol=1e-4)

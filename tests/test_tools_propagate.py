@@ -147,7 +147,10 @@ def test_davis2016_end_to_end(tmp_path: Path, features: str) -> None:
 def test_jhmdb_end_to_end(tmp_path: Path, protocol: str, features: str) -> None:
     root = make_jhmdb_tree(tmp_path / "JHMDB")
     out = tmp_path / "out"
-    result = propagate(compose_cfg("task=jhmdb", f"data.root={root}", f"output_dir={out}", f"protocol={protocol}", f"features={features}"))
+    result = propagate(compose_cfg(
+        "task=jhmdb", f"data.root={root}", f"output_dir={out}", f"protocol={protocol}", f"features={features}",
+        "task.targets.frame_size=null",  # the frames' own 24 x 32 (the default is CRW's 320 x 320)
+    ))  # fmt: skip
     with np.load(out / "results" / "catch" / "clip_a.npz") as f:
         kp, found = f["keypoints"], f["found"]
     assert kp.shape == (5, 15, 2) and kp.dtype == np.float32 and found.shape == (5, 15)
@@ -159,6 +162,26 @@ def test_jhmdb_end_to_end(tmp_path: Path, protocol: str, features: str) -> None:
     if HAS_EVALUATION:
         assert set(result["scores"]) == {"pck@0.1", "pck@0.2"}
         assert (out / "scores" / "pck_results.csv").is_file()
+
+
+def test_jhmdb_frame_size_resizes_for_the_features_and_maps_predictions_back(tmp_path: Path) -> None:
+    """With the frames resized (here to twice their size, 48 x 64) the joints are propagated on the
+    resized frames, and the results come back in the frames' own pixels: they follow the texture,
+    which moves one pixel a frame to the right, within a pixel (not at twice the coordinates)."""
+    root = make_jhmdb_tree(tmp_path / "JHMDB")
+    out = tmp_path / "out"
+    propagate(compose_cfg(
+        "task=jhmdb", f"data.root={root}", f"output_dir={out}", "protocol=crw", "features=lab",
+        "task.targets.frame_size=[48,64]", "score=false",
+    ))  # fmt: skip
+    with np.load(out / "results" / "catch" / "clip_a.npz") as f:
+        kp, found = f["keypoints"], f["found"]
+    np.testing.assert_allclose(kp[0, 0], [4.0, 4.0])
+    assert found.mean() > 0.95
+    gx, gy = np.meshgrid(np.arange(5) * 4 + 4, np.arange(3) * 5 + 4)
+    truth = np.stack([np.stack([gx.ravel() + t, gy.ravel()], axis=-1) for t in range(5)])  # (T, 15, 2)
+    err = np.linalg.norm(kp - truth, axis=-1)[found]
+    assert np.median(err) < 1.0, np.median(err)
 
 
 @pytest.mark.parametrize("features", ["lab", "random"])

@@ -84,7 +84,7 @@ def _propagate_video(video, *, propagator, targets, results_dir: Path, recorder,
     if progress:
         frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
     for t, frame in enumerate(frames, start=session.start):
-        image = torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        image = session.prepare(torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0))  # (3, H, W)
         pred = propagator.step(image, session.labels if t == session.start else None)
         decoded = session.emit(t, pred)
         if recorder is not None and recorder.wants(t):

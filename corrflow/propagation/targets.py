@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from corrflow.data.davis import object_ids
@@ -41,7 +42,18 @@ from corrflow.propagation.labels import (
 from corrflow.utils.io import write_indexed_png
 from corrflow.utils.overlay import blend_mask, draw_keypoints
 
-__all__ = ["KeypointTargets", "MaskTargets"]
+__all__ = ["KeypointTargets", "MaskTargets", "rescale_points"]
+
+
+def rescale_points(xy: np.ndarray, src: Sequence[int], dst: Sequence[int]) -> np.ndarray:
+    """(..., 2) x, y pixels of an (H, W) = ``src`` frame -> the same points in the frame resized to
+    ``dst``, with the pixel-centre convention of bilinear resizing (``align_corners=False``):
+    x' = (x + 0.5) * W' / W - 0.5. NaNs stay NaN."""
+    sy, sx = dst[0] / src[0], dst[1] / src[1]
+    out = np.array(xy, dtype=np.float32, copy=True)
+    out[..., 0] = (out[..., 0] + 0.5) * sx - 0.5
+    out[..., 1] = (out[..., 1] + 0.5) * sy - 0.5
+    return out
 
 
 def _remove(path: Path) -> None:
@@ -126,6 +138,11 @@ class MaskSession:
         else:
             self.labels = pool_labels(onehot, stride)
 
+    @staticmethod
+    def prepare(image: Tensor) -> Tensor:
+        """The frame as the features see it: (3, H, W), unchanged for masks."""
+        return image
+
     def emit(self, t: int, pred: Tensor) -> np.ndarray:
         """Decode (D, h, w) labels of frame t to an (H, W) id map and write it; the query frame's is the input mask."""
         if t == self.start:
@@ -155,12 +172,19 @@ class KeypointTargets:
     Args:
         sigma: heat-map width in feature cells (CRW: 0.5).
         decode_topk: how many of the highest cells give a keypoint's position (CRW: 3).
+        frame_size: (H, W) the frames are resized to (bilinearly) before the features see them,
+            or None for their own size. CRW's JHMDB loader resizes every frame to 320 x 320. The
+            keypoints are mapped into the resized frame and the predictions back to the frame's own
+            pixels (pixel-centre convention), so results and scores stay in the annotations' pixels.
     """
 
-    def __init__(self, *, sigma: float = 0.5, decode_topk: int = 3) -> None:
+    def __init__(self, *, sigma: float = 0.5, decode_topk: int = 3, frame_size: Sequence[int] | None = None) -> None:
         if sigma <= 0 or decode_topk < 1:
             raise ValueError(f"sigma must be > 0 and decode_topk >= 1, got {sigma}, {decode_topk}")
+        if frame_size is not None and (len(frame_size) != 2 or min(int(v) for v in frame_size) < 1):
+            raise ValueError(f"frame_size must be (H, W) with positive sides or None, got {frame_size}")
         self.sigma, self.decode_topk = sigma, decode_topk
+        self.frame_size = None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
 
     @staticmethod
     def harden(labels: Tensor) -> Tensor:
@@ -173,15 +197,19 @@ class KeypointTargets:
 
     def start(self, video, *, stride: int, results_dir: Path) -> KeypointSession:
         coords, visible = video.query()
-        grid = feature_grid(video.size, stride)
+        size = tuple(int(v) for v in video.size)
+        in_size = self.frame_size or size
+        grid = feature_grid(in_size, stride)
         labels = keypoints_to_heatmaps(
-            torch.from_numpy(np.nan_to_num(coords)), torch.from_numpy(visible), grid=grid, stride=stride, sigma=self.sigma
-        )
+            torch.from_numpy(np.nan_to_num(rescale_points(coords, size, in_size))),
+            torch.from_numpy(visible), grid=grid, stride=stride, sigma=self.sigma,
+        )  # fmt: skip
         path = self.output_path(results_dir, video.name)
         _remove(path)
         return KeypointSession(
-            labels, coords, visible, n_frames=len(video), start=video.query_index, stride=stride, topk=self.decode_topk, path=path
-        )
+            labels, coords, visible, n_frames=len(video), start=video.query_index, stride=stride, topk=self.decode_topk,
+            path=path, size=size, in_size=in_size,
+        )  # fmt: skip
 
     def evaluate(self, evaluator: Callable[..., Any], *, results_dir: Path, dataset, output_dir: Path) -> Any:
         """Score with ``evaluator(results_dir, annotations, output_dir=...)`` (e.g. ``evaluate_keypoints``)."""
@@ -196,8 +224,12 @@ class KeypointTargets:
 class KeypointSession:
     """One video's keypoints: the query heat maps, and the (T, K, 2) array written at the end."""
 
-    def __init__(self, labels, coords, visible, *, n_frames: int, start: int, stride: int, topk: int, path: Path) -> None:
+    def __init__(
+        self, labels, coords, visible, *, n_frames: int, start: int, stride: int, topk: int, path: Path,
+        size: tuple[int, int] | None = None, in_size: tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
         self.labels, self.start, self.stride, self.topk, self.path = labels, start, stride, topk, path
+        self.size, self.in_size = size, in_size or size
         k = coords.shape[0]
         self._query = np.where(visible[:, None], coords, np.nan).astype(np.float32)
         self.keypoints = np.full((n_frames, k, 2), np.nan, dtype=np.float32)  # (T, K, 2): 8 bytes a keypoint
@@ -210,9 +242,17 @@ class KeypointSession:
         else:
             coords, _ = heatmaps_to_keypoints(pred[1:].float().cpu(), stride=self.stride, topk=self.topk)
             xy = coords.numpy()
+            if self.in_size != self.size:
+                xy = rescale_points(xy, self.in_size, self.size)
         self.keypoints[t] = xy
         self.found[t] = np.isfinite(xy).all(axis=1)
         return xy
+
+    def prepare(self, image: Tensor) -> Tensor:
+        """(3, H, W) -> the frame as the features see it: resized to ``in_size`` when it differs."""
+        if self.in_size is None or tuple(image.shape[-2:]) == tuple(self.in_size):
+            return image
+        return F.interpolate(image[None], size=self.in_size, mode="bilinear", align_corners=False)[0]
 
     @staticmethod
     def draw(frame: np.ndarray, decoded: np.ndarray) -> np.ndarray:
