@@ -67,3 +67,27 @@ def test_artefact_round_trip_and_errors(tmp_path):
         load_colour_bins(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         load_colour_bins(tmp_path / "missing.npz")
+
+
+def test_import_plain_and_pickled_centroids(tmp_path):
+    """The released CorrFlow centroids are a pickled (16, 2) array (ndarray.dump): imported only
+    with allow_pickle; a plain .npy needs nothing; the artefact then loads like a fitted one."""
+    from corrflow.models.quantizer import import_colour_bins
+
+    c = np.random.default_rng(0).uniform(-60, 60, size=(16, 2))
+    plain, pickled = tmp_path / "plain.npy", tmp_path / "dumped.npy"
+    np.save(plain, c)
+    c.dump(pickled)
+    got, meta = import_colour_bins(plain, tmp_path / "a.npz")
+    np.testing.assert_allclose(got, c.astype(np.float32))
+    assert meta["n_bins"] == 16 and meta["imported_from"].endswith("plain.npy")
+    with pytest.raises(ValueError, match="pickle"):
+        import_colour_bins(pickled, tmp_path / "b.npz")
+    got, _ = import_colour_bins(pickled, tmp_path / "b.npz", allow_pickle=True)
+    np.testing.assert_allclose(got, c.astype(np.float32))
+    assert load_colour_bins(tmp_path / "b.npz", n_bins=16)[0].shape == (16, 2)
+    np.save(tmp_path / "bad.npy", np.zeros((16, 3)))
+    with pytest.raises(ValueError, match=r"\(K, 2\)"):
+        import_colour_bins(tmp_path / "bad.npy", tmp_path / "c.npz")
+    with pytest.raises(FileNotFoundError):
+        import_colour_bins(tmp_path / "missing.npy", tmp_path / "d.npz")

@@ -191,3 +191,50 @@ def load_colour_bins(path: str | os.PathLike, *, n_bins: int | None = None) -> t
     if not np.isfinite(centroids).all():
         raise ValueError(f"{path}: colour-bin centroids contain NaN or inf")
     return centroids, meta
+
+
+def import_colour_bins(
+    src: str | os.PathLike, dst: str | os.PathLike, *, allow_pickle: bool = False
+) -> tuple[np.ndarray, dict]:
+    """Turn someone else's (K, 2) array of (a, b) centroids into a colour-bin artefact.
+
+    For the released CorrFlow centroids (``centroids_16k_kinetics_10000samples.npy``, Lab a, b in
+    the units of OpenCV's float Lab, which are kornia's too). A plain ``.npy`` (or ``.txt``) is read
+    safely; a file written with ``ndarray.dump`` is a pickle, read only with ``allow_pickle=True``
+    (a pickle can run code when loaded: allow it only for a file you trust).
+
+    Returns:
+        The centroids and the metadata written beside them to ``dst``.
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"centroid file not found: {src}")
+    if src.suffix == ".txt":
+        centroids = np.loadtxt(src, dtype=np.float64, ndmin=2)
+    else:
+        try:
+            centroids = np.load(src, allow_pickle=allow_pickle)
+        except ValueError as e:
+            if allow_pickle:
+                raise ValueError(f"{src}: not a centroid array ({e})") from e
+            raise ValueError(
+                f"{src} is a pickle (e.g. written by ndarray.dump), not a plain .npy; loading a pickle can run "
+                "code, so it needs allow_pickle=True (--allow-pickle) for a file you trust"
+            ) from e
+        except Exception as e:  # noqa: BLE001 - anything else: not an array file
+            raise ValueError(f"{src}: not a centroid array ({e})") from e
+    centroids = np.asarray(centroids, dtype=np.float64)
+    if centroids.ndim != 2 or centroids.shape[1] != 2:
+        raise ValueError(f"{src}: centroids must have shape (K, 2) (Lab a, b), got {centroids.shape}")
+    if not np.isfinite(centroids).all():
+        raise ValueError(f"{src}: centroids contain NaN or inf")
+    meta = {
+        "format": ARTEFACT_FORMAT,
+        "n_bins": int(centroids.shape[0]),
+        "colour_space": "CIE Lab, channels a, b (imported)",
+        "imported_from": str(src.resolve()),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_colour_bins(dst, centroids.astype(np.float32), meta)
+    return load_colour_bins(dst)
+
