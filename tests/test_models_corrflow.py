@@ -54,6 +54,24 @@ def test_first_cycle_is_two_colourisations_from_frame_zero():
     torch.testing.assert_close(out["loss_cycle_1"], expected)
 
 
+def test_encode_per_frame_batchnorm_statistics_per_frame_index():
+    """In training mode, per-frame encoding normalises each frame index over the batch alone (as
+    the released code's separate encoder calls); joint encoding mixes the clip's frames. In eval
+    mode (running statistics) the two are the same function."""
+    frames, _ = clip()
+    per, joint = make_net(encode_per_frame=True), make_net(encode_per_frame=False)
+    joint.load_state_dict(per.state_dict())
+    with torch.no_grad():
+        per.train(), joint.train()
+        got = per.features(frames)
+        want = torch.stack([per.encoder(frames[:, i]) for i in range(frames.shape[1])], dim=1)
+        torch.testing.assert_close(got, want)
+        assert not torch.allclose(joint.features(frames), want)
+        joint.load_state_dict(per.state_dict())  # the same running statistics
+        per.eval(), joint.eval()
+        torch.testing.assert_close(per.features(frames), joint.features(frames))
+
+
 @pytest.mark.parametrize("mode", ["code", "nearest", "area"])
 def test_label_downsampling_gives_distributions(mode):
     net = make_net(label_downsampling=mode)

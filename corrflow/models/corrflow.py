@@ -40,6 +40,11 @@ class CorrFlow(nn.Module):
         chain_through_input_res: as the code, a soft prediction used as a reference is first
             upsampled to input resolution and then bilinearly resized back to feature resolution;
             False chains the feature-resolution prediction directly.
+        encode_per_frame: as the code, each frame index of the clip goes through the encoder as
+            its own batch, so BatchNorm's batch statistics cover one frame of each clip (B images);
+            False encodes all B x T frames in one batch (statistics over the whole clip). The
+            released code encodes again for every (reference, target) pair: the same batch
+            statistics, only more updates of BatchNorm's running averages.
     """
 
     def __init__(
@@ -50,16 +55,20 @@ class CorrFlow(nn.Module):
         n_bins: int = 16,
         label_downsampling: str = "code",
         chain_through_input_res: bool = True,
+        encode_per_frame: bool = True,
     ) -> None:
         super().__init__()
         if label_downsampling not in LABEL_DOWNSAMPLING:
             raise ValueError(f"label_downsampling must be one of {LABEL_DOWNSAMPLING}, got {label_downsampling!r}")
         self.encoder, self.attention, self.n_bins = encoder, attention, n_bins
         self.label_downsampling, self.chain_through_input_res = label_downsampling, chain_through_input_res
+        self.encode_per_frame = encode_per_frame
 
     def features(self, frames: Tensor) -> Tensor:
-        """(B, T, 3, H, W) -> (B, T, C, h, w): all frames through the encoder in one batch."""
+        """(B, T, 3, H, W) -> (B, T, C, h, w): one encoder batch per frame index, or one for all."""
         b, t = frames.shape[:2]
+        if self.encode_per_frame:
+            return torch.stack([self.encoder(frames[:, i]) for i in range(t)], dim=1)
         f = self.encoder(frames.flatten(0, 1))
         return f.view(b, t, *f.shape[1:])
 
