@@ -99,3 +99,33 @@ def test_rescale_points_pixel_centre_convention_and_round_trip() -> None:
     np.testing.assert_allclose(up[1], [319.0, 239.5 * 4 / 3 - 0.5], rtol=1e-6)  # the last pixel centre -> 319.17
     assert np.isnan(up[2]).all()
     np.testing.assert_allclose(rescale_points(up, (320, 320), (240, 320))[:2], xy[:2], atol=1e-4)
+
+
+def test_crw_heatmaps_hand_computed() -> None:
+    """CRW's stamp (sigma 0.5: a 4 x 4 window, centre at offset 2) at x / stride, hand-computed:
+    x = 20, y = 12 at stride 8 -> (2.5, 1.5) -> upper-left (int(1.0), int(0.0)) = (1, 0), the
+    peak at column 3, row 2; the truncation of int() puts x = 8 (1.0 cells) at column 2."""
+    coords = torch.tensor([[20.0, 12.0], [8.0, 12.0], [-40.0, 12.0], [float("nan"), 3.0]])
+    maps = keypoints_to_heatmaps(coords, torch.ones(4, dtype=torch.bool), grid=(6, 7), stride=8, style="crw")
+    assert maps.shape == (5, 6, 7)
+    a = maps[1]
+    assert a[2, 3] == 1.0 and a.argmax() == 2 * 7 + 3
+    assert a[2, 2].item() == pytest.approx(math.exp(-2)) and a[1, 3].item() == pytest.approx(math.exp(-2))
+    assert a[0, 1].item() == pytest.approx(math.exp(-16))  # the window's corner, offsets (-2, -2)
+    assert a[:, 5:].sum() == 0 and a[4:].sum() == 0  # the window spans columns 1..4, rows 0..3
+    assert maps[2].argmax() == 2 * 7 + 2  # x = 8 px: column 2 (rounding would give 1)
+    assert maps[3].sum() == 0 and maps[4].sum() == 0  # off the grid; no position
+    assert torch.equal(maps[0], (maps[1:].sum(0) == 0).float())  # binary background
+
+
+def test_crw_heatmaps_decode_at_cell_times_stride() -> None:
+    maps = torch.zeros(1, 6, 7)
+    maps[0, 2, 3] = 1.0
+    (xy,), (found,) = heatmaps_to_keypoints(maps, stride=8, topk=3, style="crw")
+    assert found and xy.tolist() == [24.0, 16.0]
+    (xy,), _ = heatmaps_to_keypoints(maps, stride=8, topk=3, style="centred")
+    assert xy.tolist() == [27.5, 19.5]
+    for x, y in [(20.0, 12.0), (33.0, 29.0), (17.0, 40.0)]:  # encode, decode: within a cell
+        m = keypoints_to_heatmaps(torch.tensor([[x, y]]), torch.ones(1, dtype=torch.bool), grid=(8, 8), stride=8, style="crw")
+        dx, dy = heatmaps_to_keypoints(m[1:], stride=8, topk=3, style="crw")[0][0].tolist()
+        assert abs(dx - x) <= 8 and abs(dy - y) <= 8

@@ -8,6 +8,7 @@ covers pixels [i*s, (i+1)*s) x [j*s, (j+1)*s); its centre is at pixel ((j + 0.5)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "HEATMAP_STYLES",
     "feature_grid",
     "harden_heatmaps",
     "heatmaps_to_keypoints",
@@ -93,27 +95,43 @@ def labels_to_ids(labels: Tensor, ids: Sequence[int]) -> Tensor:
     return lut[labels.argmax(dim=0)]
 
 
+HEATMAP_STYLES = ("centred", "crw")
+
+
 def keypoints_to_heatmaps(
-    coords: Tensor, visible: Tensor, *, grid: Sequence[int], stride: int, sigma: float = 0.5
+    coords: Tensor, visible: Tensor, *, grid: Sequence[int], stride: int, sigma: float = 0.5, style: str = "centred"
 ) -> Tensor:
     """Keypoints as Gaussian heat maps on the feature grid, plus a background channel.
 
-    Each visible keypoint k gives exp(-d^2 / (2 sigma^2)) with d the distance in feature cells to
-    its position, cut to zero beyond 3 sigma and scaled so that its highest cell is 1 (as CRW's
-    maps, whose centre cell is 1; so the keypoint survives an arg-max feed-back); an invisible
-    one gives an empty map. Channel 0 is the background, 1 - min(1, sum of the keypoint maps).
+    ``style='centred'``: each visible keypoint k gives exp(-d^2 / (2 sigma^2)) with d the distance
+    in feature cells to its position (pixel x lies at cell (x + 0.5) / stride - 0.5, the grid
+    convention of this module), cut to zero beyond 3 sigma and scaled so that its highest cell is
+    1 (so the keypoint survives an arg-max feed-back); an invisible one gives an empty map. The
+    background is 1 - min(1, sum of the keypoint maps).
+
+    ``style='crw'``: CRW's JHMDB maps (its ``draw_labelmap_np``): pixel x lies at cell x / stride;
+    a (6 sigma + 1)-wide window of the Gaussian sampled at whole-cell offsets from its centre is
+    pasted with its centre at cell ``trunc(x / stride - 3 sigma) + 3 sigma`` (``trunc`` towards
+    zero, as Python's ``int``); every keypoint is drawn where its window touches the grid, and the
+    background is 1 where no keypoint map is non-zero, else 0. Decode these with
+    ``heatmaps_to_keypoints(..., style='crw')``.
 
     Args:
         coords: (K, 2) x, y in pixels (0-based).
-        visible: (K,) bool.
+        visible: (K,) bool ('centred' only: CRW draws every keypoint).
         grid: (h, w) feature grid.
         stride: feature stride in pixels.
         sigma: Gaussian width in feature cells (CRW: 0.5).
+        style: 'centred' or 'crw'.
 
     Returns:
         (1 + K, h, w) float32.
     """
+    if style not in HEATMAP_STYLES:
+        raise ValueError(f"style must be one of {HEATMAP_STYLES}, got {style!r}")
     h, w = int(grid[0]), int(grid[1])
+    if style == "crw":
+        return _crw_heatmaps(coords, grid=(h, w), stride=stride, sigma=sigma)
     cells = (coords.float() + 0.5) / stride - 0.5  # (K, 2) in feature cells
     ys = torch.arange(h, dtype=torch.float32, device=coords.device)
     xs = torch.arange(w, dtype=torch.float32, device=coords.device)
@@ -125,7 +143,28 @@ def keypoints_to_heatmaps(
     return torch.cat([bg, maps], dim=0)
 
 
-def heatmaps_to_keypoints(heatmaps: Tensor, *, stride: int, topk: int = 3) -> tuple[Tensor, Tensor]:
+def _crw_heatmaps(coords: Tensor, *, grid: tuple[int, int], stride: int, sigma: float) -> Tensor:
+    h, w = grid
+    size = int(6 * sigma + 1)  # the pasted window's side (4 at sigma 0.5)
+    centre = float(size // 2)
+    offs = torch.arange(size, dtype=torch.float64)
+    window = torch.exp(-((offs[None, :] - centre) ** 2 + (offs[:, None] - centre) ** 2) / (2 * sigma**2))  # (size, size)
+    maps = torch.zeros(coords.shape[0], h, w, dtype=torch.float32)
+    for k, (x, y) in enumerate(coords.double().tolist()):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue  # no position: an empty map
+        px, py = x / stride, y / stride
+        ul = (int(px - 3 * sigma), int(py - 3 * sigma))  # int(): truncation towards zero, as CRW
+        br = (int(px + 3 * sigma + 1), int(py + 3 * sigma + 1))
+        if ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
+            continue
+        x0, x1, y0, y1 = max(0, ul[0]), min(br[0], w), max(0, ul[1]), min(br[1], h)
+        maps[k, y0:y1, x0:x1] = window[y0 - ul[1] : y1 - ul[1], x0 - ul[0] : x1 - ul[0]].float()
+    bg = (maps.sum(0, keepdim=True) == 0).float()
+    return torch.cat([bg, maps], dim=0).to(coords.device)
+
+
+def heatmaps_to_keypoints(heatmaps: Tensor, *, stride: int, topk: int = 3, style: str = "centred") -> tuple[Tensor, Tensor]:
     """Decode keypoints from propagated heat maps, as CRW does: the mean of the ``topk`` highest
     cells of each map, weighted by their values.
 
@@ -133,10 +172,14 @@ def heatmaps_to_keypoints(heatmaps: Tensor, *, stride: int, topk: int = 3) -> tu
         heatmaps: (K, h, w) keypoint maps (no background channel).
         stride: feature stride in pixels.
         topk: how many cells to average.
+        style: the cell-to-pixel convention of :func:`keypoints_to_heatmaps`: 'centred', cell
+            c at pixel (c + 0.5) * stride - 0.5; 'crw', at pixel c * stride.
 
     Returns:
         coords (K, 2) float32 x, y in pixels (NaN for an empty map), found (K,) bool.
     """
+    if style not in HEATMAP_STYLES:
+        raise ValueError(f"style must be one of {HEATMAP_STYLES}, got {style!r}")
     k, h, w = heatmaps.shape
     flat = heatmaps.reshape(k, h * w).float()
     vals, idx = flat.topk(min(topk, h * w), dim=1)  # (K, n)
@@ -145,7 +188,8 @@ def heatmaps_to_keypoints(heatmaps: Tensor, *, stride: int, topk: int = 3) -> tu
     weights = vals / total.clamp(min=torch.finfo(vals.dtype).tiny)
     x = (weights * (idx % w).float()).sum(1)
     y = (weights * (idx // w).float()).sum(1)
-    coords = (torch.stack([x, y], dim=1) + 0.5) * stride - 0.5
+    cells = torch.stack([x, y], dim=1)
+    coords = cells * stride if style == "crw" else (cells + 0.5) * stride - 0.5
     coords[~found] = float("nan")
     return coords, found
 

@@ -29,6 +29,7 @@ from torch import Tensor
 from corrflow.data.davis import object_ids
 from corrflow.propagation.functional import onehot_argmax
 from corrflow.propagation.labels import (
+    HEATMAP_STYLES,
     feature_grid,
     harden_heatmaps,
     heatmaps_to_keypoints,
@@ -45,14 +46,15 @@ from corrflow.utils.overlay import blend_mask, draw_keypoints
 __all__ = ["KeypointTargets", "MaskTargets", "rescale_points"]
 
 
-def rescale_points(xy: np.ndarray, src: Sequence[int], dst: Sequence[int]) -> np.ndarray:
+def rescale_points(xy: np.ndarray, src: Sequence[int], dst: Sequence[int], *, centred: bool = True) -> np.ndarray:
     """(..., 2) x, y pixels of an (H, W) = ``src`` frame -> the same points in the frame resized to
-    ``dst``, with the pixel-centre convention of bilinear resizing (``align_corners=False``):
-    x' = (x + 0.5) * W' / W - 0.5. NaNs stay NaN."""
+    ``dst``. ``centred``: the pixel-centre convention of bilinear resizing (``align_corners=False``),
+    x' = (x + 0.5) * W' / W - 0.5; else plain scaling x' = x * W' / W (CRW's). NaNs stay NaN."""
     sy, sx = dst[0] / src[0], dst[1] / src[1]
+    c = 0.5 if centred else 0.0
     out = np.array(xy, dtype=np.float32, copy=True)
-    out[..., 0] = (out[..., 0] + 0.5) * sx - 0.5
-    out[..., 1] = (out[..., 1] + 0.5) * sy - 0.5
+    out[..., 0] = (out[..., 0] + c) * sx - c
+    out[..., 1] = (out[..., 1] + c) * sy - c
     return out
 
 
@@ -175,12 +177,26 @@ class KeypointTargets:
         frame_size: (H, W) the frames are resized to (bilinearly) before the features see them,
             or None for their own size. CRW's JHMDB loader resizes every frame to 320 x 320. The
             keypoints are mapped into the resized frame and the predictions back to the frame's own
-            pixels (pixel-centre convention), so results and scores stay in the annotations' pixels.
+            pixels, so results and scores stay in the annotations' pixels.
+        heatmap_style: 'centred' (a Gaussian at the keypoint's sub-cell position, pixel-centre
+            convention throughout) or 'crw' (CRW's JHMDB maps and coordinate conventions: a
+            whole-cell Gaussian stamp, plain scaling between frame sizes, cell c at pixel c x
+            stride; see :func:`corrflow.propagation.labels.keypoints_to_heatmaps`).
     """
 
-    def __init__(self, *, sigma: float = 0.5, decode_topk: int = 3, frame_size: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sigma: float = 0.5,
+        decode_topk: int = 3,
+        frame_size: Sequence[int] | None = None,
+        heatmap_style: str = "centred",
+    ) -> None:
         if sigma <= 0 or decode_topk < 1:
             raise ValueError(f"sigma must be > 0 and decode_topk >= 1, got {sigma}, {decode_topk}")
+        if heatmap_style not in HEATMAP_STYLES:
+            raise ValueError(f"heatmap_style must be one of {HEATMAP_STYLES}, got {heatmap_style!r}")
+        self.heatmap_style = heatmap_style
         if frame_size is not None and (len(frame_size) != 2 or min(int(v) for v in frame_size) < 1):
             raise ValueError(f"frame_size must be (H, W) with positive sides or None, got {frame_size}")
         self.sigma, self.decode_topk = sigma, decode_topk
@@ -200,15 +216,17 @@ class KeypointTargets:
         size = tuple(int(v) for v in video.size)
         in_size = self.frame_size or size
         grid = feature_grid(in_size, stride)
+        centred = self.heatmap_style == "centred"
+        xy = rescale_points(coords, size, in_size, centred=centred)
         labels = keypoints_to_heatmaps(
-            torch.from_numpy(np.nan_to_num(rescale_points(coords, size, in_size))),
-            torch.from_numpy(visible), grid=grid, stride=stride, sigma=self.sigma,
+            torch.from_numpy(np.nan_to_num(xy) if centred else xy), torch.from_numpy(visible),
+            grid=grid, stride=stride, sigma=self.sigma, style=self.heatmap_style,
         )  # fmt: skip
         path = self.output_path(results_dir, video.name)
         _remove(path)
         return KeypointSession(
             labels, coords, visible, n_frames=len(video), start=video.query_index, stride=stride, topk=self.decode_topk,
-            path=path, size=size, in_size=in_size,
+            path=path, size=size, in_size=in_size, style=self.heatmap_style,
         )  # fmt: skip
 
     def evaluate(self, evaluator: Callable[..., Any], *, results_dir: Path, dataset, output_dir: Path) -> Any:
@@ -226,10 +244,10 @@ class KeypointSession:
 
     def __init__(
         self, labels, coords, visible, *, n_frames: int, start: int, stride: int, topk: int, path: Path,
-        size: tuple[int, int] | None = None, in_size: tuple[int, int] | None = None,
+        size: tuple[int, int] | None = None, in_size: tuple[int, int] | None = None, style: str = "centred",
     ) -> None:  # fmt: skip
         self.labels, self.start, self.stride, self.topk, self.path = labels, start, stride, topk, path
-        self.size, self.in_size = size, in_size or size
+        self.size, self.in_size, self.style = size, in_size or size, style
         k = coords.shape[0]
         self._query = np.where(visible[:, None], coords, np.nan).astype(np.float32)
         self.keypoints = np.full((n_frames, k, 2), np.nan, dtype=np.float32)  # (T, K, 2): 8 bytes a keypoint
@@ -240,10 +258,10 @@ class KeypointSession:
         if t == self.start:
             xy = self._query
         else:
-            coords, _ = heatmaps_to_keypoints(pred[1:].float().cpu(), stride=self.stride, topk=self.topk)
+            coords, _ = heatmaps_to_keypoints(pred[1:].float().cpu(), stride=self.stride, topk=self.topk, style=self.style)
             xy = coords.numpy()
             if self.in_size != self.size:
-                xy = rescale_points(xy, self.in_size, self.size)
+                xy = rescale_points(xy, self.in_size, self.size, centred=self.style == "centred")
         self.keypoints[t] = xy
         self.found[t] = np.isfinite(xy).all(axis=1)
         return xy
