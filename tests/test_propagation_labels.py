@@ -129,3 +129,30 @@ def test_crw_heatmaps_decode_at_cell_times_stride() -> None:
         m = keypoints_to_heatmaps(torch.tensor([[x, y]]), torch.ones(1, dtype=torch.bool), grid=(8, 8), stride=8, style="crw")
         dx, dy = heatmaps_to_keypoints(m[1:], stride=8, topk=3, style="crw")[0][0].tolist()
         assert abs(dx - x) <= 8 and abs(dy - y) <= 8
+
+
+def test_code_label_resize_reproduces_corrflows_truncated_index_interpolation(tmp_path) -> None:
+    """label_resize='code': the index map (0 background, 1..N objects) is resized bilinearly and
+    truncated. Cell 0 of a stride-4 grid samples columns 1 and 2: background (0) beside the
+    second object (index 2) averages to index 1, the first object, which is not there (as the
+    released code does); 'pool' gives the shares instead."""
+    from corrflow.propagation.targets import MaskSession, MaskTargets
+
+    mask = torch.zeros(4, 8, dtype=torch.int64)
+    mask[:, 2:] = 5  # ids [3, 5] -> channels 1, 2; id 3 is absent from this frame
+    code = MaskSession(mask, [3, 5], stride=4, out_dir=tmp_path, label_resize="code").labels
+    assert code.shape == (3, 1, 2)
+    assert code[:, 0, 0].tolist() == [0.0, 1.0, 0.0] and code[:, 0, 1].tolist() == [0.0, 0.0, 1.0]
+    pool = MaskSession(mask, [3, 5], stride=4, out_dir=tmp_path, label_resize="pool").labels
+    assert pool[:, 0, 0].tolist() == [0.5, 0.0, 0.5]
+    # the feed-back: arg-max at input resolution (bilinear up x4), then the same resize
+    targets = MaskTargets(label_resize="code")
+    targets._stride = 4
+    soft = torch.tensor([[0.9, 0.2], [0.0, 0.0], [0.1, 0.8]]).view(1, 3, 1, 2)
+    up_argmax = torch.nn.functional.interpolate(soft, size=(4, 8), mode="bilinear", align_corners=False).argmax(1)
+    assert up_argmax[0, 0].tolist() == [0, 0, 0, 0, 2, 2, 2, 2]
+    hard = targets.harden(soft)
+    assert hard[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0] and hard[0, :, 0, 1].tolist() == [0.0, 0.0, 1.0]
+    assert MaskTargets(label_resize="pool").harden(soft).tolist() == hard.tolist()  # no boundary here: the same
+    with pytest.raises(ValueError, match="label_resize"):
+        MaskTargets(label_resize="nearest")

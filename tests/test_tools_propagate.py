@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -119,6 +120,22 @@ def test_davis_end_to_end(davis_root: Path, tmp_path: Path, capsys, protocol: st
         if features == "lab" and protocol == "crw":
             # Distinct colours on a two-colour background: Lab features track the squares.
             assert result["scores"]["J&F-Mean"] > 0.7
+
+
+@pytest.mark.parametrize("label_resize", ["code", "bilinear", "pool"])
+def test_label_resize_modes_end_to_end(davis_root: Path, tmp_path: Path, label_resize: str) -> None:
+    """Every way of bringing masks to the grid runs under the CorrFlow protocol, reaches the task's
+    targets, and tracks the squares with Lab features (normalised, so that the most similar colour
+    wins; the squares are cell-aligned, so the three modes agree here: their differences are in
+    tests/test_propagation_labels.py)."""
+    result = run_davis(
+        davis_root, tmp_path / "out", "protocol=corrflow", "features=lab", f"protocol.label_resize={label_resize}",
+        "protocol.propagator.normalize=true", "protocol.propagator.temperature=0.05",
+    )  # fmt: skip
+    assert len(list((tmp_path / "out" / "results" / "squares-a").glob("*.png"))) == 6
+    assert OmegaConf.load(tmp_path / "out" / "config.yaml").task.targets.label_resize == label_resize
+    if HAS_EVALUATION:
+        assert result["scores"]["J&F-Mean"] > 0.3
 
 
 def test_checkpoint_features_end_to_end(davis_root: Path, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from corrflow.propagation.labels import (
     keypoints_to_heatmaps,
     labels_to_ids,
     masks_to_onehot,
+    pad_to_stride,
     pool_labels,
     resize_labels,
     upsample_labels,
@@ -77,26 +78,37 @@ class MaskTargets:
             the edge-padded frame); predictions are resized bilinearly to the padded frame, then
             cropped. 'bilinear': CRW's test code, a plain bilinear resize of the one-hot mask
             straight to the grid, and of the predictions straight back to the frame size.
+            'code': CorrFlow's released test code, a bilinear resize of the map of label indices
+            (0 background, 1..N the objects) truncated to integers, one-hot; the arg-max feed-back
+            is taken at input resolution and brought back the same way. It erodes objects by
+            their boundary cells and, between objects, can invent the index lying between theirs;
+            it is there to reproduce that code. Predictions come back as with 'pool'.
     """
 
-    LABEL_RESIZE = ("pool", "bilinear")
+    LABEL_RESIZE = ("pool", "bilinear", "code")
 
     def __init__(self, *, validate_annotations: bool = True, label_resize: str = "pool") -> None:
         if label_resize not in self.LABEL_RESIZE:
             raise ValueError(f"label_resize must be one of {self.LABEL_RESIZE}, got {label_resize!r}")
         self.validate_annotations = validate_annotations
         self.label_resize = label_resize
+        self._stride = 1  # of the video in hand (set by start); 'code' feed-back needs it
 
-    @staticmethod
-    def harden(labels: Tensor) -> Tensor:
-        """Arg-max feed-back for masks: one-hot of the arg-max over channels, (1, D, h, w)."""
-        return onehot_argmax(labels)
+    def harden(self, labels: Tensor) -> Tensor:
+        """Arg-max feed-back for masks, (1, D, h, w): the one-hot of the arg-max over channels; with
+        ``label_resize='code'``, the arg-max at input resolution resized back as that code does."""
+        if self.label_resize != "code":
+            return onehot_argmax(labels)
+        h, w = labels.shape[-2:]
+        up = F.interpolate(labels.float(), size=(h * self._stride, w * self._stride), mode="bilinear", align_corners=False)
+        return _code_resize(up.argmax(dim=1), (h, w), labels.shape[1]).to(labels.dtype)
 
     @staticmethod
     def output_path(results_dir: Path, name: str) -> Path:
         return results_dir / name
 
     def start(self, video, *, stride: int, results_dir: Path) -> MaskSession:
+        self._stride = stride
         mask = video.first_mask()
         ids = object_ids(mask)
         if self.validate_annotations:
@@ -125,6 +137,14 @@ class MaskTargets:
         return out
 
 
+def _code_resize(index: Tensor, grid: Sequence[int], n_labels: int) -> Tensor:
+    """(B, H, W) label indices -> (B, n_labels, h, w) one-hot, as CorrFlow's test code brings
+    labels to the feature grid: bilinear resize of the index map, truncated to integers."""
+    small = F.interpolate(index[:, None].float(), size=tuple(grid), mode="bilinear", align_corners=False)
+    idx = small[:, 0].long().clamp_(0, n_labels - 1)
+    return F.one_hot(idx, n_labels).permute(0, 3, 1, 2).float()
+
+
 class MaskSession:
     """One video's masks: the query labels, and the writer of ``%05d.png`` palette PNGs."""
 
@@ -137,6 +157,9 @@ class MaskSession:
         onehot = masks_to_onehot(mask, ids)
         if label_resize == "bilinear":
             self.labels = resize_labels(onehot, feature_grid(self.size, stride))  # (1 + N, h, w)
+        elif label_resize == "code":
+            index = pad_to_stride(onehot.argmax(dim=0), stride)  # (h*s, w*s) label indices
+            self.labels = _code_resize(index[None], feature_grid(self.size, stride), onehot.shape[0])[0]
         else:
             self.labels = pool_labels(onehot, stride)
 
