@@ -10,6 +10,10 @@ frame goes through the encoder, then propagation.
   front, then for each frame build the full (HW x 21*HW) affinity to its context, mask it to the
   radius, top-k, softmax. Its memory grows with the video (all features are kept).
 
+Both compute the same protocol: the table's last column is the share of the last frame's cells
+whose labels differ by more than 1e-3 between the two (float rounding can reorder two nearly tied
+candidates at the top-k boundary), and the largest difference.
+
 The largest video that fits is computed from measured per-frame memory: ``dense`` keeps
 C x h x w floats per frame; ``ours`` keeps none beyond the context, so it has no length limit.
 """
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from corrflow.models.encoder import crw_encoder
+from corrflow.propagation.labels import pad_to_stride
 
 
 def _sync(device: torch.device) -> None:
@@ -33,6 +38,7 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def dense_propagation(frames: torch.Tensor, first_labels: torch.Tensor, encoder, *, n_recent=20, radius=12, topk=10, temperature=0.05):
     """frames (T, 3, H, W), first_labels (D, h, w) -> (T, D, h, w) soft labels (dense affinities)."""
+    frames = pad_to_stride(frames, encoder.stride)  # the same grid as LabelPropagator's
     feats = torch.cat([F.normalize(encoder(f[None]), dim=1) for f in frames])  # (T, C, h, w): whole video
     t, c, h, w = feats.shape
     yy, xx = torch.meshgrid(torch.arange(h, device=feats.device), torch.arange(w, device=feats.device), indexing="ij")
@@ -75,17 +81,24 @@ def run_propagate_benchmark(*, frames: int, height: int, width: int, n_objects: 
     first = F.one_hot(torch.randint(0, n_objects + 1, (h, w), device=dev), n_objects + 1).permute(2, 0, 1).float()
     rows = []
 
+    last = {}
+
     def ours():
         prop = LabelPropagator(enc, device=dev)
         prop.step(video[0], first)
         for f in video[1:]:
-            prop.step(f)
+            last["ours"] = prop.step(f)
 
     ours()  # warm-up (allocations, kernels)
     secs, peak = _time(ours, dev)
     rows.append({"impl": "ours (streaming)", "frames": frames, "fps": frames / secs, "seconds": secs, "peak_gib": peak, "max_frames": "unbounded (context only)"})
     if not skip_dense:
-        secs_d, peak_d = _time(lambda: dense_propagation(video, first, enc), dev)
+        secs_d, peak_d = _time(lambda: last.update(dense=dense_propagation(video, first, enc)[-1]), dev)
+        # the same protocol, so the same labels, up to float rounding: that can reorder two nearly
+        # tied candidates at the top-k boundary, which changes a cell's labels outright
+        diff = (last["ours"] - last["dense"]).abs().amax(0)
+        rows[0]["max_diff"] = float(diff.max())
+        rows[0]["cells_differing"] = float((diff > 1e-3).float().mean())
         per_frame = 256 * h * w * 4 / 2**30  # GiB of features the dense version keeps per frame
         total = torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else None
         max_frames = int((total - peak_d + per_frame * frames) / per_frame) if total else "memory / {:.4f} GiB".format(per_frame)
@@ -96,11 +109,12 @@ def run_propagate_benchmark(*, frames: int, height: int, width: int, n_objects: 
 def format_rows(rows: list[dict], *, device: str, height: int, width: int) -> str:
     base = next((r for r in rows if r["impl"] == "dense affinity"), None)
     out = [f"label propagation, CRW protocol, {height}x{width}, stride 8, 256-d, on {device}",
-           "| implementation | frames | frames/s | vs dense | peak GPU GiB | longest video |", "|---|---|---|---|---|---|"]
+           "| implementation | frames | frames/s | vs dense | peak GPU GiB | longest video | cells differing |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['fps'] / base['fps']:.1f}x" if base else "-"
         peak = "-" if r["peak_gib"] != r["peak_gib"] else f"{r['peak_gib']:.2f}"  # NaN off-GPU
-        out.append(f"| {r['impl']} | {r['frames']} | {r['fps']:.2f} | {ratio} | {peak} | {r['max_frames']} |")
+        diff = f"{r['cells_differing']:.2%} (max {r['max_diff']:.1e})" if "max_diff" in r else "-"
+        out.append(f"| {r['impl']} | {r['frames']} | {r['fps']:.2f} | {ratio} | {peak} | {r['max_frames']} | {diff} |")
     return "\n".join(out)
 
 
