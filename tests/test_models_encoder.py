@@ -44,3 +44,23 @@ def test_bad_arguments_are_named():
         ResNetEncoder(depth=50)
     with pytest.raises(ValueError, match="input_norm"):
         ResNetEncoder(input_norm="bgr")
+
+
+def test_reflect_padding_mode() -> None:
+    """CRW's own encoder pads by reflection: every padded convolution is set, the config records
+    it (so checkpoints rebuild it), and the same weights give other features at the border."""
+    from corrflow.models.encoder import crw_encoder
+
+    torch.manual_seed(0)
+    zeros = crw_encoder().eval()
+    reflect = crw_encoder(padding_mode="reflect").eval()
+    reflect.load_state_dict(zeros.state_dict())
+    assert reflect.config["padding_mode"] == "reflect"
+    assert all(m.padding_mode == "reflect" for m in reflect.modules() if isinstance(m, torch.nn.Conv2d) and sum(m.padding))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = zeros(x), reflect(x)
+    assert a.shape == b.shape == (1, 256, 8, 8)
+    assert not torch.allclose(a[..., 0, :], b[..., 0, :])
+    with pytest.raises(ValueError, match="padding_mode"):
+        crw_encoder(padding_mode="mirror")

@@ -27,11 +27,12 @@ def checkpoint_features(path: str | os.PathLike | None) -> ResNetEncoder:
     return load_encoder(path).eval()
 
 
-def random_features(*, arch: str = "corrflow", seed: int = 0) -> ResNetEncoder:
-    """An untrained encoder, its initial weights drawn from ``seed`` (the global RNG is left alone)."""
+def random_features(*, arch: str = "corrflow", seed: int = 0, padding_mode: str = "zeros") -> ResNetEncoder:
+    """An untrained encoder, its initial weights drawn from ``seed`` (the global RNG is left alone).
+    ``padding_mode='reflect'`` with ``arch='crw'`` is CRW's 'scratch' encoder."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = ARCHS[arch]()
+        encoder = ARCHS[arch](padding_mode=padding_mode)  # the weights drawn do not depend on it
     return encoder.eval()

@@ -33,6 +33,8 @@ class ResNetEncoder(nn.Module):
         layer4_channels: width of layer4 (torchvision: 512; CorrFlow: 256).
         out_channels: if set, a 3x3 conv maps the last layer to this many channels.
         input_norm: 'none' (RGB in [0, 1] as CorrFlow) or 'imagenet' (mean/std normalised).
+        padding_mode: of every padded convolution: 'zeros' (torchvision, CorrFlow) or 'reflect'
+            (CRW's own encoder, ``net.modify(padding='reflect')``); any ``nn.Conv2d`` mode.
 
     Input (B, 3, H, W) RGB in [0, 1]; output (B, out_dim, H / stride, W / stride).
     """
@@ -47,6 +49,7 @@ class ResNetEncoder(nn.Module):
         layer4_channels: int = 256,
         out_channels: int | None = 64,
         input_norm: str = "none",
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
         if depth not in _BLOCKS:
@@ -55,6 +58,8 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"num_layers must be 3 or 4, got {num_layers}")
         if input_norm not in ("none", "imagenet"):
             raise ValueError(f"input_norm must be 'none' or 'imagenet', got {input_norm!r}")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"padding_mode must be zeros, reflect, replicate or circular, got {padding_mode!r}")
         blocks = _BLOCKS[depth]
         # The constructor arguments, stored in checkpoints so that an encoder can be rebuilt alone.
         self.config = {
@@ -65,6 +70,7 @@ class ResNetEncoder(nn.Module):
             "layer4_channels": layer4_channels,
             "out_channels": out_channels,
             "input_norm": input_norm,
+            "padding_mode": padding_mode,
         }
         base = ResNet(BasicBlock, blocks)  # a builder for torchvision's layers
         self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
@@ -82,6 +88,9 @@ class ResNetEncoder(nn.Module):
         self.out_dim = out_channels or last
         self.stride = 2 * (2 if maxpool else 1) * s2 * s3 * (s4 if num_layers == 4 else 1)
         self.input_norm = input_norm
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and sum(m.padding) > 0:
+                m.padding_mode = padding_mode
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -96,11 +105,14 @@ class ResNetEncoder(nn.Module):
         return self.head(x)
 
 
-def corrflow_encoder() -> ResNetEncoder:
+def corrflow_encoder(*, padding_mode: str = "zeros") -> ResNetEncoder:
     """The CorrFlow encoder: 64-d at stride 4."""
-    return ResNetEncoder()
+    return ResNetEncoder(padding_mode=padding_mode)
 
 
-def crw_encoder() -> ResNetEncoder:
-    """The CRW evaluation encoder: 256-d at stride 8, ImageNet input normalisation."""
-    return ResNetEncoder(maxpool=True, layer_strides=(2, 1, 1), num_layers=3, out_channels=None, input_norm="imagenet")
+def crw_encoder(*, padding_mode: str = "zeros") -> ResNetEncoder:
+    """The CRW evaluation encoder: 256-d at stride 8, ImageNet input normalisation (CRW's own
+    trained encoder used ``padding_mode='reflect'``)."""
+    return ResNetEncoder(
+        maxpool=True, layer_strides=(2, 1, 1), num_layers=3, out_channels=None, input_norm="imagenet", padding_mode=padding_mode
+    )
