@@ -27,6 +27,19 @@ from corrflow.models.local_attention import RestrictedLocalAttention
 LABEL_DOWNSAMPLING = ("code", "nearest", "area")
 
 
+def resize_index_map(index: Tensor, size: tuple[int, int], n_labels: int, *, mode: str = "bilinear") -> Tensor:
+    """(B, H, W) integer label indices -> (B, n_labels, h, w) one-hot at ``size``.
+
+    ``mode='bilinear'`` is what the released CorrFlow code does to colour bins (training) and to
+    object labels (testing): the index map itself is resized bilinearly (``align_corners=False``)
+    and truncated to integers, so an index can land between two neighbours'. 'nearest' takes the
+    nearest index.
+    """
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    idx = F.interpolate(index[:, None].float(), size=tuple(size), mode=mode, **kw).long().clamp_(0, n_labels - 1)
+    return F.one_hot(idx[:, 0], n_labels).permute(0, 3, 1, 2).float()
+
+
 class CorrFlow(nn.Module):
     """
     Args:
@@ -78,9 +91,7 @@ class CorrFlow(nn.Module):
             onehot = F.one_hot(labels, self.n_bins).permute(0, 3, 1, 2).float()
             return F.adaptive_avg_pool2d(onehot, size)
         mode = "bilinear" if self.label_downsampling == "code" else "nearest"
-        kw = {"align_corners": False} if mode == "bilinear" else {}
-        idx = F.interpolate(labels[:, None].float(), size=size, mode=mode, **kw).long().clamp_(0, self.n_bins - 1)
-        return F.one_hot(idx[:, 0], self.n_bins).permute(0, 3, 1, 2).float()
+        return resize_index_map(labels, size, self.n_bins, mode=mode)
 
     def chain(self, pred: Tensor, input_size: tuple[int, int]) -> Tensor:
         """A (B, K, h, w) prediction as the next step's reference distribution."""

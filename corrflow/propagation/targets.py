@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from corrflow.data.davis import object_ids
+from corrflow.models.corrflow import resize_index_map
 from corrflow.propagation.functional import onehot_argmax
 from corrflow.propagation.labels import (
     HEATMAP_STYLES,
@@ -101,7 +102,7 @@ class MaskTargets:
             return onehot_argmax(labels)
         h, w = labels.shape[-2:]
         up = F.interpolate(labels.float(), size=(h * self._stride, w * self._stride), mode="bilinear", align_corners=False)
-        return _code_resize(up.argmax(dim=1), (h, w), labels.shape[1]).to(labels.dtype)
+        return resize_index_map(up.argmax(dim=1), (h, w), labels.shape[1]).to(labels.dtype)
 
     @staticmethod
     def output_path(results_dir: Path, name: str) -> Path:
@@ -137,14 +138,6 @@ class MaskTargets:
         return out
 
 
-def _code_resize(index: Tensor, grid: Sequence[int], n_labels: int) -> Tensor:
-    """(B, H, W) label indices -> (B, n_labels, h, w) one-hot, as CorrFlow's test code brings
-    labels to the feature grid: bilinear resize of the index map, truncated to integers."""
-    small = F.interpolate(index[:, None].float(), size=tuple(grid), mode="bilinear", align_corners=False)
-    idx = small[:, 0].long().clamp_(0, n_labels - 1)
-    return F.one_hot(idx, n_labels).permute(0, 3, 1, 2).float()
-
-
 class MaskSession:
     """One video's masks: the query labels, and the writer of ``%05d.png`` palette PNGs."""
 
@@ -159,7 +152,7 @@ class MaskSession:
             self.labels = resize_labels(onehot, feature_grid(self.size, stride))  # (1 + N, h, w)
         elif label_resize == "code":
             index = pad_to_stride(onehot.argmax(dim=0), stride)  # (h*s, w*s) label indices
-            self.labels = _code_resize(index[None], feature_grid(self.size, stride), onehot.shape[0])[0]
+            self.labels = resize_index_map(index[None], feature_grid(self.size, stride), onehot.shape[0])[0]
         else:
             self.labels = pool_labels(onehot, stride)
 
