@@ -101,8 +101,9 @@ class MaskTargets:
         if self.label_resize != "code":
             return onehot_argmax(labels)
         h, w = labels.shape[-2:]
-        up = F.interpolate(labels.float(), size=(h * self._stride, w * self._stride), mode="bilinear", align_corners=False)
-        return resize_index_map(up.argmax(dim=1), (h, w), labels.shape[1]).to(labels.dtype)
+        s = self._stride
+        up = upsample_labels(labels[0].float(), (h * s, w * s), s)  # the padded input resolution
+        return resize_index_map(up.argmax(dim=0)[None], (h, w), labels.shape[1]).to(labels.dtype)
 
     @staticmethod
     def output_path(results_dir: Path, name: str) -> Path:
