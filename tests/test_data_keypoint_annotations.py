@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +15,10 @@ from corrflow.data.keypoint_annotations import (
     load_keypoints_json,
     read_jhmdb_split_file,
 )
+from tests.helpers.shared_data import shared_path, skip_if_missing
 
-REAL_MAT = Path(
-    "/work/shared/data/jhmdb-sample/joint_positions/catch/"
-    "Goal_Keeping_Tips_catch_f_cm_np1_fr_med_2/joint_positions.mat"
+REAL_MAT = shared_path(
+    "jhmdb-sample", "joint_positions", "catch", "Goal_Keeping_Tips_catch_f_cm_np1_fr_med_2", "joint_positions.mat"
 )
 
 
@@ -76,7 +75,7 @@ def test_jhmdb_errors_name_the_file(tmp_path):
         load_jhmdb_joints(garbage)
 
 
-@pytest.mark.skipif(not REAL_MAT.is_file(), reason="shared JHMDB sample absent")
+@skip_if_missing(REAL_MAT, what="shared JHMDB sample")
 def test_real_jhmdb_clip():
     coords, visible = load_jhmdb_joints(REAL_MAT)
     assert coords.shape == (40, 15, 2)
