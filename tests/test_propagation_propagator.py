@@ -3,7 +3,8 @@ bounded memory."""
 
 from __future__ import annotations
 
-import os
+import gc
+from collections import deque
 
 import pytest
 import torch
@@ -105,20 +106,98 @@ def test_frames_are_padded_to_the_stride() -> None:
     assert prop.step(torch.rand(3, 7, 9)).shape == (2, 4, 5)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+class KeepsEveryFrame(LabelPropagator):
+    """Negative control: a queue without a length bound. It still attends to the last
+    ``n_recent`` frames only (so its predictions are unchanged), but every frame stays in memory."""
+
+    def reset(self) -> None:
+        super().reset()
+        self._recent = deque()
+
+    def _propagate(self, query: torch.Tensor) -> torch.Tensor:
+        everything = self._recent
+        self._recent = deque(list(everything)[-self.n_recent :])
+        try:
+            return super()._propagate(query)
+        finally:
+            self._recent = everything
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
-def test_a_2000_frame_video_propagates_in_constant_memory() -> None:
-    prop = LabelPropagator(PoolFeatures(), **{**CRW, "radius": 2})
+class KeepsAHistory(LabelPropagator):
+    """Negative control: a bounded queue, plus a side list of every frame's features and labels
+    (the context stays 21 frames long; only the memory grows)."""
+
+    def _remember(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        self.__dict__.setdefault("history", []).append((feats, labels))
+        super()._remember(feats, labels)
+
+
+def _storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views and repeats counted once)."""
+    storages = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _held_tensors(obj, seen=None):
+    """Every tensor reachable from ``obj`` through attributes and containers."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _held_tensors(v, seen)
+    elif isinstance(obj, (list, tuple, deque, set)):
+        for v in obj:
+            yield from _held_tensors(v, seen)
+    elif isinstance(obj, nn.Module):
+        yield from obj.state_dict().values()
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        yield from _held_tensors(vars(obj), seen)
+
+
+def _live_tensors():
+    """Every tensor the interpreter holds (``type`` rather than ``isinstance``: lazy modules
+    answer ``__class__`` with a warning)."""
+    gc.collect()
+    return (o for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
+
+
+def _memory_over_a_video(prop: LabelPropagator, *, n_frames: int, at: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """Feed a 16 x 16 video (an 8 x 8 grid, 3 labels); at the steps ``at`` measure the bytes of the
+    tensors the propagator holds and of all live tensors."""
     g = torch.Generator().manual_seed(0)
     prop.step(torch.rand(3, 16, 16, generator=g), random_labels(3, 8, 8))
-    rss = []
-    for t in range(1, 2000):
+    held, live = [], []
+    for t in range(1, n_frames):
         prop.step(torch.rand(3, 16, 16, generator=g))
-        if t in (300, 1999):
-            rss.append(_rss_bytes())
-    assert len(prop.context) == 21
-    assert rss[1] - rss[0] < 32 * 2**20  # no growth with the video length (allocator noise aside)
+        if t in at:
+            held.append(_storage_bytes(_held_tensors(prop)))
+            live.append(_storage_bytes(_live_tensors()))
+    return held, live
+
+
+@pytest.mark.parametrize(
+    "propagator, bounded",
+    [(LabelPropagator, True), (KeepsEveryFrame, False), (KeepsAHistory, False)],
+    ids=["propagator", "control-unbounded-queue", "control-side-history"],
+)
+def test_a_2000_frame_video_propagates_in_constant_memory(propagator, bounded) -> None:
+    """From step 100 to 2000 neither the propagator's tensors nor all live tensors grow; the two
+    negative controls, which keep every frame, show the measurement sees a leak of that size."""
+    prop = propagator(PoolFeatures(), **{**CRW, "radius": 2})
+    held, live = _memory_over_a_video(prop, n_frames=2000, at=(100, 1000, 1999))
+    frame_bytes = 2 * 3 * 8 * 8 * 4  # one frame's features (C = 3) and labels (D = 3), float32
+    if bounded:
+        assert len(prop.context) == 21
+        assert held[0] <= 25 * frame_bytes  # the first frame + 20 recent, not the video
+        assert held == [held[0]] * 3
+        assert max(live) - live[0] < 10 * frame_bytes
+    else:
+        assert held[-1] - held[0] >= 1800 * frame_bytes
+        assert live[-1] - live[0] >= 1800 * frame_bytes
