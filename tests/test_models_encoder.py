@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock
 
 from corrflow.models.encoder import ResNetEncoder, corrflow_encoder, crw_encoder
 
@@ -64,3 +65,68 @@ def test_reflect_padding_mode() -> None:
     assert not torch.allclose(a[..., 0, :], b[..., 0, :])
     with pytest.raises(ValueError, match="padding_mode"):
         crw_encoder(padding_mode="mirror")
+
+
+def _convs_and_norms(module: torch.nn.Module):
+    convs = [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    return convs, norms
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_torchvision_shaped_layers_draw_torchvision_resnet18_weights(seed: int) -> None:
+    """Seeded alike, the layers that torchvision's ResNet-18 also has (conv1 ... layer3, whatever
+    their strides) hold exactly the weights ``resnet18(weights=None)`` draws: the literature's
+    untrained baseline, not PyTorch's default init."""
+    torch.manual_seed(seed)
+    tv = resnet18(weights=None).state_dict()
+    torch.manual_seed(seed)
+    crw = crw_encoder().state_dict()
+    torch.manual_seed(seed)
+    corrflow = corrflow_encoder().state_dict()
+    shared = [k for k in tv if not k.startswith(("layer4", "fc"))]
+    assert set(shared) == set(crw)
+    for k in shared:
+        torch.testing.assert_close(crw[k], tv[k], rtol=0, atol=0, msg=f"crw {k}")
+        torch.testing.assert_close(corrflow[k], tv[k], rtol=0, atol=0, msg=f"corrflow {k}")
+
+
+@pytest.mark.parametrize("build", [corrflow_encoder, crw_encoder, lambda: ResNetEncoder(depth=34, layer4_channels=512)])
+def test_every_layer_is_initialised_as_torchvision_does(build) -> None:
+    """Every conv (CorrFlow's 256-channel layer4 and 3x3 head included, which torchvision lacks):
+    Kaiming normal, fan-out, ReLU gain, i.e. mean 0 and std sqrt(2 / fan_out); every BatchNorm
+    weight 1, bias 0. (PyTorch's default conv init has std 1 / sqrt(3 fan_in): 2.45x smaller
+    for a 3x3 64 -> 64 conv.)"""
+    torch.manual_seed(0)
+    convs, norms = _convs_and_norms(build())
+    assert len(convs) >= 15 and len(norms) >= 15
+    for name, conv in convs:
+        w = conv.weight.detach().double()
+        fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+        expected = (2.0 / fan_out) ** 0.5
+        assert abs(w.std().item() / expected - 1) < 0.05, (name, w.std().item(), expected)
+        assert abs(w.mean().item()) < 0.05 * expected, name
+    for name, bn in norms:
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0), name
+        assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1), name
+
+
+def test_zero_init_residual_as_torchvision() -> None:
+    """Off by default (torchvision's default); on, the last BN of every residual branch starts at
+    zero, CorrFlow's own layer4 included, and the torchvision-shaped part matches
+    ``resnet18(zero_init_residual=True)``."""
+    torch.manual_seed(0)
+    plain = corrflow_encoder()
+    assert all(torch.all(b.bn2.weight == 1) for b in plain.modules() if isinstance(b, BasicBlock))
+    torch.manual_seed(0)
+    enc = ResNetEncoder(zero_init_residual=True)
+    assert enc.config["zero_init_residual"] is True
+    blocks = [b for b in enc.modules() if isinstance(b, BasicBlock)]
+    assert len(blocks) == 8
+    for b in blocks:
+        assert torch.all(b.bn2.weight == 0) and torch.all(b.bn1.weight == 1)
+    torch.manual_seed(0)
+    tv = resnet18(weights=None, zero_init_residual=True).state_dict()
+    for k, v in enc.state_dict().items():
+        if k.startswith(("conv1", "bn1", "layer1", "layer2", "layer3")):
+            torch.testing.assert_close(v, tv[k], rtol=0, atol=0, msg=k)

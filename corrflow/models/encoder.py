@@ -7,6 +7,16 @@
 
 Layer names follow torchvision's (conv1, bn1, layer1...), so torchvision state dicts load into
 the shared part.
+
+Initialisation is torchvision's ResNet's for every layer: Kaiming normal (fan-out, ReLU gain) for
+each convolution, BatchNorm weight 1 and bias 0, optionally the last BN of each residual branch at
+zero (``zero_init_residual``, off as in torchvision). conv1 ... layer3 are the very modules of a
+torchvision ``ResNet`` (their strides set afterwards), so under the same seed they hold exactly
+the weights ``torchvision.models.resnet18(weights=None)`` draws. Layers torchvision lacks
+(CorrFlow's 256-channel layer4, the 3x3 head) are drawn afterwards and initialised by the same
+rule; the head conv too, as CorrFlow's released code builds its extra conv inside its
+torchvision-derived ResNet before the init loop over all ``nn.Conv2d`` (its bias keeps PyTorch's
+default, which that loop leaves alone).
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ class ResNetEncoder(nn.Module):
         input_norm: 'none' (RGB in [0, 1] as CorrFlow) or 'imagenet' (mean/std normalised).
         padding_mode: of every padded convolution: 'zeros' (torchvision, CorrFlow) or 'reflect'
             (CRW's own encoder, ``net.modify(padding='reflect')``); any ``nn.Conv2d`` mode.
+        zero_init_residual: start the last BatchNorm of every residual branch at weight 0, so that
+            each block starts as the identity (torchvision's option of the same name, off there too).
 
     Input (B, 3, H, W) RGB in [0, 1]; output (B, out_dim, H / stride, W / stride).
     """
@@ -50,6 +62,7 @@ class ResNetEncoder(nn.Module):
         out_channels: int | None = 64,
         input_norm: str = "none",
         padding_mode: str = "zeros",
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if depth not in _BLOCKS:
@@ -71,20 +84,30 @@ class ResNetEncoder(nn.Module):
             "out_channels": out_channels,
             "input_norm": input_norm,
             "padding_mode": padding_mode,
+            "zero_init_residual": bool(zero_init_residual),
         }
-        base = ResNet(BasicBlock, blocks)  # a builder for torchvision's layers
+        # torchvision's ResNet, initialised by torchvision: its stem and layer1-3 are used as they are.
+        base = ResNet(BasicBlock, blocks, zero_init_residual=zero_init_residual)
         self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
         self.maxpool = base.maxpool if maxpool else nn.Identity()
-        base.inplanes = 64
         s2, s3, s4 = layer_strides
-        self.layer1 = base._make_layer(BasicBlock, 64, blocks[0], stride=1)
-        self.layer2 = base._make_layer(BasicBlock, 128, blocks[1], stride=s2)
-        self.layer3 = base._make_layer(BasicBlock, 256, blocks[2], stride=s3)
+        self.layer1 = base.layer1
+        self.layer2 = _set_stride(base.layer2, s2)
+        self.layer3 = _set_stride(base.layer3, s3)
         last = 256
+        new: list[nn.Module] = []  # layers torchvision's ResNet does not have
         if num_layers == 4:
-            self.layer4 = base._make_layer(BasicBlock, layer4_channels, blocks[3], stride=s4)
+            if layer4_channels == 512:
+                self.layer4 = _set_stride(base.layer4, s4)
+            else:
+                base.inplanes = 256
+                self.layer4 = base._make_layer(BasicBlock, layer4_channels, blocks[3], stride=s4)
+                new.append(self.layer4)
             last = layer4_channels
         self.head = nn.Conv2d(last, out_channels, 3, padding=1) if out_channels else nn.Identity()
+        new.append(self.head)
+        for module in new:
+            _init_like_torchvision(module, zero_init_residual=zero_init_residual)
         self.out_dim = out_channels or last
         self.stride = 2 * (2 if maxpool else 1) * s2 * s3 * (s4 if num_layers == 4 else 1)
         self.input_norm = input_norm
@@ -103,6 +126,32 @@ class ResNetEncoder(nn.Module):
         if hasattr(self, "layer4"):
             x = self.layer4(x)
         return self.head(x)
+
+
+def _set_stride(layer: nn.Sequential, stride: int) -> nn.Sequential:
+    """Set the stride of a torchvision ResNet layer (its first block's 3x3 conv and shortcut) in
+    place. The first block of layer2-4 changes width, so it has a 1x1 shortcut at any stride, as
+    ``ResNet._make_layer`` would build it."""
+    first = layer[0]
+    first.stride = stride
+    first.conv1.stride = (stride, stride)
+    if first.downsample is not None:
+        first.downsample[0].stride = (stride, stride)
+    return layer
+
+
+def _init_like_torchvision(module: nn.Module, *, zero_init_residual: bool) -> None:
+    """torchvision ResNet's initialisation, applied to every layer of ``module`` in place."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    if zero_init_residual:
+        for m in module.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.constant_(m.bn2.weight, 0)
 
 
 def corrflow_encoder(*, padding_mode: str = "zeros") -> ResNetEncoder:
