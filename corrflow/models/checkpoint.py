@@ -23,8 +23,14 @@ def encoder_payload(encoder: ResNetEncoder, *, prefix: str) -> dict[str, Any]:
     return {"format": FORMAT, "encoder": dict(encoder.config), "encoder_prefix": prefix}
 
 
-def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> ResNetEncoder:
+def load_encoder(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu", train: bool = False
+) -> ResNetEncoder:
     """Rebuild the encoder saved in a corrflow training checkpoint, with its trained weights.
+
+    The encoder comes back in eval mode: BatchNorm normalises with the running statistics saved
+    in the checkpoint and a forward leaves them unchanged. ``train=True`` returns it in training
+    mode instead (BatchNorm on batch statistics, updating the running ones), for fine-tuning.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -53,4 +59,4 @@ def load_encoder(path: str | os.PathLike, *, map_location: str | torch.device = 
         encoder.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: encoder weights do not match the described encoder: {e}") from e
-    return encoder
+    return encoder.train(train)
