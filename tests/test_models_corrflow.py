@@ -39,19 +39,92 @@ def test_scheduled_sampling_changes_only_the_second_step():
     torch.testing.assert_close(gt["loss_cycle"], own["loss_cycle"])  # cycles always chain predictions
 
 
-def test_first_cycle_is_two_colourisations_from_frame_zero():
+def _bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) float64 weights of 1-D linear resampling with ``align_corners=False``, from
+    its definition: output p reads the input at (p + 0.5) * n_in / n_out - 0.5 (clamped at 0),
+    between its two nearest pixels (the last pixel repeated past the end)."""
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for p in range(n_out):
+        src = max((p + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(src), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        m[p, i0] += 1 - (src - i0)
+        m[p, i1] += src - i0
+    return m
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, K, H, W) -> (B, K, *size), bilinear, separably by the two matrices."""
+    my, mx = _bilinear_matrix(size[0], x.shape[-2]), _bilinear_matrix(size[1], x.shape[-1])
+    return torch.einsum("ph,bkhw,qw->bkpq", my, x.double(), mx)
+
+
+def _reference_labels(labels: torch.Tensor, size: tuple[int, int], n_bins: int) -> torch.Tensor:
+    """(B, H, W) bins -> (B, K, h, w) one-hot of the bilinearly resized, truncated index map (the
+    released code's label downsampling)."""
+    index = _resize(labels[:, None].double(), size)[:, 0].floor().long()
+    return torch.nn.functional.one_hot(index, n_bins).permute(0, 3, 1, 2).double()
+
+
+def _colourise(target: torch.Tensor, ref: torch.Tensor, colours: torch.Tensor, radius: int) -> torch.Tensor:
+    """Target (B, C, h, w) and reference (B, C, h, w) features, reference colours (B, K, h, w) ->
+    (B, K, h, w): a dense softmax of dot products over the reference positions within ``radius``
+    (Chebyshev) of each target position, in float64."""
+    b, _, h, w = target.shape
+    logits = torch.einsum("bcyx,bcuv->byxuv", target.double(), ref.double())
+    y, x = torch.arange(h), torch.arange(w)
+    near_y = (y[:, None] - y[None, :]).abs() <= radius  # (y, u)
+    near_x = (x[:, None] - x[None, :]).abs() <= radius  # (x, v)
+    near = near_y[:, None, :, None] & near_x[None, :, None, :]  # (y, x, u, v)
+    logits = logits.masked_fill(~near, float("-inf")).reshape(b, h, w, h * w)
+    weights = torch.softmax(logits, dim=-1).reshape(b, h, w, h, w)
+    return torch.einsum("byxuv,bkuv->bkyx", weights, colours.double())
+
+
+def _nll(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean -log(p + 1e-8) of the true bins, the prediction upsampled to the labels' size."""
+    probs = _resize(pred, tuple(labels.shape[-2:]))
+    return -torch.log(probs.gather(1, labels[:, None]) + 1e-8).mean()
+
+
+@pytest.mark.parametrize("use_gt", [True, False], ids=["gt-reference", "own-prediction"])
+def test_losses_match_an_independent_float64_chain(use_gt):
+    """Reconstruction 0 -> 1 -> 2 and the cycles 0 -> 1 -> 0 and 0 -> 1 -> 2 -> 1 -> 0, recomputed
+    by hand on the model's own encoder features: the cycles chain soft predictions from frame 0's
+    ground truth (whatever ``use_gt``), each chained prediction goes up to the input size and back,
+    and everything is scored by NLL at the input size."""
     frames, labels = clip()
     net = make_net()
     with torch.no_grad():
-        out = net(frames, labels, use_gt=[True])
-        feats = net.features(frames)
-        size = feats.shape[-2:]
-        p1 = net.colourise(feats[:, 1], feats[:, 0], net.downsample_labels(labels[:, 0], size))
-        p0 = net.colourise(feats[:, 0], feats[:, 1], net.chain(p1, (32, 32)))
-        from corrflow.losses import colour_nll
+        out = net(frames, labels, use_gt=[use_gt])
+        feats = net.features(frames)  # the only part of the model the reference uses
+    size_in, size = (32, 32), (8, 8)
+    gt = [_reference_labels(labels[:, i], size, 4) for i in range(3)]
 
-        expected = colour_nll(net.upsample(p0, (32, 32)), labels[:, 0])
-    torch.testing.assert_close(out["loss_cycle_1"], expected)
+    def step(dst: int, src: int, ref: torch.Tensor) -> torch.Tensor:
+        return _colourise(feats[:, dst], feats[:, src], ref, radius=2)
+
+    def chain(pred: torch.Tensor) -> torch.Tensor:
+        return _resize(_resize(pred, size_in), size)
+
+    p1 = step(1, 0, gt[0])
+    p2 = step(2, 1, gt[1] if use_gt else chain(p1))
+    back_from_1 = step(0, 1, chain(p1))
+    back_from_2 = step(0, 1, chain(step(1, 2, chain(step(2, 1, chain(p1))))))
+    expected = {
+        "loss_rec_1": _nll(p1, labels[:, 1]),
+        "loss_rec_2": _nll(p2, labels[:, 2]),
+        "loss_cycle_1": _nll(back_from_1, labels[:, 0]),
+        "loss_cycle_2": _nll(back_from_2, labels[:, 0]),
+    }
+    expected["loss"] = sum(expected[k] for k in ("loss_rec_1", "loss_rec_2")) + 0.1 * sum(
+        expected[k] for k in ("loss_cycle_1", "loss_cycle_2")
+    )
+    for key, value in expected.items():
+        torch.testing.assert_close(out[key].double(), value, rtol=1e-4, atol=0.0, msg=lambda m, key=key: f"{key}: {m}")
+    # logits reach ~800 here, so the model's float32 softmax is good to ~1e-5
+    torch.testing.assert_close(out["pred_1"].double(), p1, rtol=0.0, atol=1e-4)
+    torch.testing.assert_close(out["pred_2"].double(), p2, rtol=0.0, atol=1e-4)
 
 
 def test_encode_per_frame_batchnorm_statistics_per_frame_index():
