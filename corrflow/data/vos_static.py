@@ -1,0 +1,103 @@
+"""Static-image pretraining for memory-based segmenters (STM's first stage): synthetic clips made
+from one image and its mask by random affine transforms.
+
+Each clip frame is the image (resized to cover the crop) under its own random affine transform
+(rotation, shear, zoom, translation) followed by a random crop. The image and its mask go through
+one ``torchvision.transforms.v2`` call together, so they get the same parameters (the mask with
+nearest-neighbour sampling), and stay aligned. Items have the layout of
+:class:`corrflow.data.vos_clips.VOSClipDataset`'s (without ``frame_index`` and ``max_skip``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from corrflow.data.vos import AnnotatedFrame
+from corrflow.data.vos_clips import VOID_ID, RetryingDataset, cover_size, keep_first_frame_objects, read_sample, remap_objects
+
+__all__ = ["StaticClipDataset"]
+
+
+class StaticClipDataset(RetryingDataset):
+    """Synthetic clips from single annotated images.
+
+    Args:
+        frames: the annotated images (:func:`corrflow.data.vos.salient_frames`, or every annotated
+            frame of :func:`corrflow.data.vos.annotated_videos`).
+        size: (h, w) of the clip frames.
+        n_frames: frames per clip (3).
+        degrees: rotation range, +-degrees.
+        shear: shear range, +-degrees (both axes).
+        scale: zoom range (min, max).
+        translate: maximum translation as a fraction of (width, height).
+        max_objects: objects kept per clip.
+        first_frame_tries: draws of the first frame's transform to keep an object in it; then the
+            untransformed image (resized to the crop) is used.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[AnnotatedFrame],
+        *,
+        size: Sequence[int] = (384, 384),
+        n_frames: int = 3,
+        degrees: float = 20.0,
+        shear: float = 10.0,
+        scale: Sequence[float] = (0.9, 1.1),
+        translate: Sequence[float] = (0.1, 0.1),
+        max_objects: int = 3,
+        first_frame_tries: int = 10,
+    ) -> None:
+        if not frames:
+            raise ValueError("no annotated image to make static clips from")
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        self.frames, self.size, self.n_frames = list(frames), tuple(size), n_frames
+        self.max_objects, self.first_frame_tries = max_objects, first_frame_tries
+        fill = {tv_tensors.Image: 0, tv_tensors.Mask: 0}
+        self.transform = v2.Compose(
+            [
+                v2.RandomAffine(
+                    degrees=degrees,
+                    translate=tuple(translate),
+                    scale=tuple(scale),
+                    shear=(-shear, shear, -shear, shear),
+                    interpolation=v2.InterpolationMode.BILINEAR,
+                    fill=fill,
+                ),
+                v2.RandomCrop(self.size, pad_if_needed=True, fill=fill),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def make_item(self, index: int, *, max_skip: int | None, rng: random.Random) -> dict:
+        image, mask = read_sample(self.frames[index])
+        mask, _ = remap_objects(mask[None], max_objects=self.max_objects, rng=rng)
+        hw = cover_size(image.shape[-2:], self.size)
+        image = TF.resize(tv_tensors.Image(image), hw, antialias=True)
+        mask = TF.resize(tv_tensors.Mask(mask), hw)
+        frames, masks = [], []
+        for t in range(self.n_frames):
+            for _ in range(self.first_frame_tries if t == 0 else 1):
+                f, m = self.transform(image, mask)
+                if t > 0 or _has_object(m):
+                    break
+            else:  # no draw kept an object in view: the whole image, resized to the crop
+                f, m = TF.resize(image, list(self.size), antialias=True), TF.resize(mask, list(self.size))
+            frames.append(f.as_subclass(Tensor))
+            masks.append(m.as_subclass(Tensor)[0])
+        masks, n = keep_first_frame_objects(torch.stack(masks))
+        return {"frames": torch.stack(frames).float().div_(255.0), "masks": masks, "n_objects": n}
+
+
+def _has_object(mask: Tensor) -> bool:
+    return bool(((mask > 0) & (mask != VOID_ID)).any())
