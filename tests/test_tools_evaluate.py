@@ -48,11 +48,26 @@ def test_davis_command(tool, tmp_path, capsys):
     assert (tmp_path / "res" / "per-sequence_results-val.csv").read_text().splitlines()[1] == "seq_1,0.500,0.500"
 
 
-def test_errors_exit_with_a_message(tool, tmp_path, capsys):
+def test_errors_exit_with_a_message(tool, tmp_path, monkeypatch):
+    monkeypatch.delenv("CORRFLOW_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     _davis_tree(tmp_path / "davis")
-    rc = tool.main(["davis", "--results", str(tmp_path / "missing"), "--davis-root", str(tmp_path / "davis")])
-    assert rc == 1
-    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["davis", "--results", str(tmp_path / "missing"), "--davis-root", str(tmp_path / "davis")])
+    assert exit_info.value.code == f"error: results folder not found: {tmp_path / 'missing'}"
+
+
+def test_script_error_is_one_line(tmp_path):
+    """Run as a program, a bad results folder (a result PNG of another size) ends with one
+    'error:' line naming the file, exit status 1, no traceback."""
+    from tests.test_utils_cli import assert_one_clear_line, run_tool
+
+    gt = _davis_tree(tmp_path / "davis")
+    for i, frame in enumerate(gt):
+        write_indexed_png(tmp_path / "res" / "seq" / f"{i:05d}.png", frame)
+    write_indexed_png(tmp_path / "res" / "seq" / "00001.png", np.zeros((5, 5), np.uint8))
+    proc = run_tool(SCRIPT, "davis", "--results", str(tmp_path / "res"), "--davis-root", str(tmp_path / "davis"), "--no-progress")
+    assert_one_clear_line(proc, r"seq/00001\.png: result mask is 5x5")
 
 
 def test_keypoints_command(tool, tmp_path, capsys):

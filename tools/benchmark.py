@@ -10,7 +10,10 @@ import json
 import sys
 import tempfile
 
+from corrflow.utils.cli import user_errors
 
+
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)

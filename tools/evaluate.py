@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from corrflow.data.keypoint_annotations import load_jhmdb_split, load_keypoints_json
 from corrflow.evaluation import evaluate_davis, evaluate_keypoints
+from corrflow.utils.cli import user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     davis = sub.add_parser("davis", help="J&F of palette-PNG masks, official davis2017-evaluation rules")
     davis.add_argument("--results", required=True, help="folder of <seq>/<frame>.png results")
     davis.add_argument("--davis-root", required=True, help="DAVIS folder with Annotations/ and ImageSets/")
-    davis.add_argument("--split", default="val", help="ImageSets/<year>/<split>.txt (default: val)")
-    davis.add_argument("--year", default="2017", choices=("2016", "2017"), help="2016 = one object per sequence")
-    davis.add_argument("--resolution", default="480p")
+    davis.add_argument(
+        "--split", default="val",
+        help="ImageSets/<year>/<split>.txt, else the DAVIS-2016 release's ImageSets/<resolution>/<split>.txt (default: val)",
+    )  # fmt: skip
+    davis.add_argument(
+        "--year", default="2017", choices=("2016", "2017"),
+        help="2017: ids 1..N are objects, 255 void; 2016: one object, any non-zero pixel (the 2016 release's "
+        "grayscale 0/255 masks, or the 2016 split of a DAVIS-2017 folder)",
+    )  # fmt: skip
+    davis.add_argument("--resolution", default="480p", help="480p, 1080p (DAVIS-2016) or Full-Resolution (DAVIS-2017)")
     davis.add_argument("--sequences", nargs="+", default=None, help="score only these sequences")
     davis.add_argument("--output-dir", default=None, help="where the CSVs go (default: --results)")
     davis.add_argument("--no-progress", action="store_true", help="no progress bar and no printed tables")
@@ -50,14 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,10 +13,12 @@ from omegaconf import DictConfig
 
 from corrflow.models.quantizer import load_colour_bins
 from corrflow.train import colour_bins_path, fit_and_save_colour_bins
+from corrflow.utils.cli import user_errors
 from corrflow.utils.pylogger import setup_logging
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     setup_logging()
     datamodule = hydra.utils.instantiate(cfg.data)

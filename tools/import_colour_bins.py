@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 
 from corrflow.models.quantizer import import_colour_bins
+from corrflow.utils.cli import user_errors
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("src", type=Path, help="a .npy (plain or pickled) or .txt file holding a (K, 2) array")
@@ -21,10 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="read a pickled array (ndarray.dump); trusted files only")
     a = p.parse_args(argv)
     out = a.output or a.src.with_suffix(".npz")
-    try:
-        centroids, meta = import_colour_bins(a.src, out, allow_pickle=a.allow_pickle)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"import_colour_bins: {e}") from None
+    centroids, meta = import_colour_bins(a.src, out, allow_pickle=a.allow_pickle)
     print(f"saved {centroids.shape[0]} colour bins to {out}")
     print(json.dumps(meta, indent=2))
 

@@ -4,9 +4,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from corrflow.utils.cli import user_errors
 from corrflow.utils.plots import plot_training_curves
 
 
+@user_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("run", help="a run directory (its csv/version_*/metrics.csv is used) or a metrics.csv")
@@ -17,8 +19,7 @@ def main(argv=None) -> int:
     run = Path(a.run)
     csvs = [run] if run.is_file() else sorted(run.glob("csv/version_*/metrics.csv"))
     if not csvs:
-        print(f"no metrics.csv under {run} (train with logger=csv, the default)", file=sys.stderr)
-        return 1
+        raise FileNotFoundError(f"no metrics.csv under {run} (train with logger=csv, the default)")
     out = Path(a.out) if a.out else (run.parent if run.is_file() else run) / "training_curves.png"
     print(plot_training_curves(csvs[-1], out, title=a.title, smooth=a.smooth))
     return 0

@@ -13,9 +13,11 @@ import hydra
 from omegaconf import DictConfig
 
 from corrflow.propagation.run import propagate
+from corrflow.utils.cli import user_errors
 
 
 @hydra.main(config_path="../conf", config_name="propagate", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     propagate(cfg)
 

@@ -4,10 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 from corrflow.train import train
+from corrflow.utils.cli import user_errors
 from corrflow.utils.pylogger import setup_logging
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     setup_logging()
     train(cfg)
