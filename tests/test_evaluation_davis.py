@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from corrflow.evaluation import DAVISScores, evaluate_davis
+from corrflow.metrics.davis import score_davis_sequence
 from corrflow.utils.io import write_indexed_png
 
 REAL_DAVIS = Path("/work/shared/data/davis2016-dev")
@@ -163,6 +164,79 @@ def test_davis2016_single_object(tmp_path):
     assert scores.jf_mean == 1.0
     with pytest.raises(ValueError, match="year"):
         evaluate_davis(results, davis, split="val", year="2018", progress=False)
+
+
+def _write_grayscale(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8), mode="L").save(path)
+
+
+def write_release_2016(root: Path, sequences: dict[str, np.ndarray], *, split="val") -> Path:
+    """The official DAVIS-2016 release: grayscale masks, object = 255, ImageSets/480p/<split>.txt
+    of '<frame> <annotation>' lines."""
+    lines = []
+    for name, frames in sequences.items():
+        for i, frame in enumerate(frames):
+            _write_grayscale(root / "Annotations" / "480p" / name / f"{i:05d}.png", frame)
+            lines.append(f"/JPEGImages/480p/{name}/{i:05d}.jpg /Annotations/480p/{name}/{i:05d}.png\n")
+    (root / "ImageSets" / "480p").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "480p" / f"{split}.txt").write_text("".join(lines))
+    return root
+
+
+def _imperfect(gt: np.ndarray) -> np.ndarray:
+    """Predictions that score strictly between 0 and 1: shifted one pixel down, one frame emptied."""
+    pred = np.roll(gt, 1, axis=1)
+    pred[2] = 0
+    return pred
+
+
+def test_davis2016_release_scores_as_its_palette_version(tmp_path):
+    """Grayscale 0/255 ground truth and results (the 2016 release) score exactly as the palette
+    0/1 version of the same masks, and as the metric on the binary masks directly."""
+    binary = {"alpha": (make_sequence() == 1).astype(np.uint8), "beta": (make_sequence(t=6) == 2).astype(np.uint8)}
+    preds = {k: _imperfect(v) for k, v in binary.items()}
+    release = write_release_2016(tmp_path / "release", binary)
+    res_gray = tmp_path / "res_gray"
+    for name, frames in preds.items():
+        for i, frame in enumerate(frames):
+            _write_grayscale(res_gray / name / f"{i:05d}.png", frame)
+    palette = write_tree(tmp_path / "palette", binary, year="2016")
+    res_palette = write_results(tmp_path / "res_palette", preds)
+
+    a = evaluate_davis(res_gray, release, split="val", year="2016", output_dir=tmp_path / "a", progress=False)
+    b = evaluate_davis(res_palette, palette, split="val", year="2016", output_dir=tmp_path / "b", progress=False)
+    assert 0.2 < a.jf_mean < 0.95
+    assert a == b
+    for name in ("global_results-val.csv", "per-sequence_results-val.csv"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    reference = [o for n in binary for o in score_davis_sequence(binary[n], preds[n], sequence=n)]
+    assert list(a.per_object) == reference
+
+
+def test_davis2016_rule_on_a_davis2017_folder_is_the_union_of_ids(tmp_path):
+    """The 2016 split of a DAVIS-2017 folder: every non-zero id (void too) is the one object."""
+    gt = make_sequence()
+    gt[:, 0, :3] = 255
+    pred = _imperfect(gt)
+    pred[pred == 255] = 0
+    davis = write_tree(tmp_path / "davis", {"s": gt}, year="2016")
+    results = write_results(tmp_path / "res", {"s": pred})
+    scores = evaluate_davis(results, davis, split="val", year="2016", progress=False)
+    assert [o.name for o in scores.per_object] == ["s_1"]
+    (expected,) = score_davis_sequence((gt != 0).astype(np.uint8), (pred != 0).astype(np.uint8), sequence="s")
+    assert scores.per_object[0] == expected
+    # the rule is an explicit option: the same folder under the DAVIS-2017 rule has two objects
+    two = evaluate_davis(results, davis, split="val", year="2016", single_object=False, progress=False)
+    assert [o.name for o in two.per_object] == ["s_1", "s_2"]
+
+
+def test_davis2017_rule_on_the_grayscale_release_says_what_to_use(tmp_path):
+    gt = (make_sequence() == 1).astype(np.uint8)
+    release = write_release_2016(tmp_path / "release", {"s": gt})
+    results = write_results(tmp_path / "res", {"s": gt})
+    with pytest.raises(ValueError, match=r"s/00000\.png: .*no object \(only void, 255, .*year 2016"):
+        evaluate_davis(results, release, split="val", year="2016", single_object=False, progress=False)
 
 
 def test_progress_prints_the_tables(tree, capsys):

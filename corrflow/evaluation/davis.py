@@ -2,9 +2,16 @@
 
 Layout read::
 
-    <davis_root>/Annotations/<resolution>/<seq>/<frame>.png    ground truth (palette PNGs)
-    <davis_root>/ImageSets/<year>/<split>.txt                  one sequence name per line
+    <davis_root>/Annotations/<resolution>/<seq>/<frame>.png    ground truth (palette or grayscale PNGs)
+    <davis_root>/ImageSets/<year>/<split>.txt                  one sequence name per line (DAVIS-2017
+                                                               folders), else ImageSets/<resolution>/<split>.txt
+                                                               (the DAVIS-2016 release; frame-pair lines)
     <results_dir>/<seq>/<frame>.png                            results, same frame names
+
+``single_object`` (on for ``year="2016"`` unless given) is the DAVIS-2016 rule: any non-zero
+pixel, in ground truth and results, is the one object. The 2016 release's grayscale masks (object
+= 255) and the 2016 split of a DAVIS-2017 folder (palette ids) therefore score the same. Off, it is
+the DAVIS-2017 rule: ids 1..N are objects and 255 is void (background).
 
 Frames are the sorted ground-truth PNGs; the first and last are not scored and need no
 result. The metric rules are in :mod:`corrflow.metrics.davis`. Output, in ``output_dir``
@@ -29,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import read_split_file
+from corrflow.data.davis import find_split_file, read_split_file
 from corrflow.metrics.davis import (
     GLOBAL_COLUMNS,
     DAVISScores,
@@ -53,14 +60,10 @@ YEARS = ("2016", "2017")
 PER_SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
 
 
-def read_davis_split(davis_root: str | os.PathLike, split: str, *, year: str = "2017") -> list[str]:
-    """Sequence names of ``<davis_root>/ImageSets/<year>/<split>.txt`` (one per line)."""
-    path = Path(davis_root) / "ImageSets" / year / f"{split}.txt"
-    names = read_split_file(path)
-    bad = [n for n in names if "/" in n or " " in n]
-    if bad:
-        raise ValueError(f"{path}: expected one sequence name per line, got {bad[0]!r}")
-    return names
+def read_davis_split(davis_root: str | os.PathLike, split: str, *, year: str = "2017", resolution: str = "480p") -> list[str]:
+    """Sequence names of ``<davis_root>/ImageSets/<year>/<split>.txt``, or of the DAVIS-2016
+    release's ``ImageSets/<resolution>/<split>.txt`` (see :func:`corrflow.data.davis.read_split_file`)."""
+    return read_split_file(find_split_file(Path(davis_root), year=year, split=split, resolution=resolution))
 
 
 def _read_frames(paths: Sequence[Path], *, kind: str, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -178,6 +181,7 @@ def evaluate_davis(
     resolution: str = "480p",
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    single_object: bool | None = None,
 ) -> DAVISScores:
     """Score semi-supervised DAVIS results with the official rules; write the official CSVs.
 
@@ -187,11 +191,13 @@ def evaluate_davis(
         sequences: sequences to score; overrides ``split``.
         split: name of ``ImageSets/<year>/<split>.txt`` (e.g. ``"val"``); also names the CSVs
             (``"custom"`` when only ``sequences`` is given).
-        year: ``"2017"`` (multi-object ids) or ``"2016"`` (one object: any non-zero id, in
-            ground truth and results, is the object).
-        resolution: ``Annotations`` sub-folder, ``"480p"`` or ``"Full-Resolution"``.
+        year: ``"2017"`` or ``"2016"``: where the split file is, and the default of ``single_object``.
+        resolution: ``Annotations`` sub-folder, ``"480p"``, ``"1080p"`` or ``"Full-Resolution"``.
         output_dir: where the CSVs go (default ``results_dir``).
         progress: show a progress bar (stderr) and print the result tables (stdout).
+        single_object: the DAVIS-2016 rule (any non-zero pixel, in ground truth and results, is
+            the one object) when True, the DAVIS-2017 rule (ids 1..N, 255 void) when False;
+            None: True for ``year="2016"``.
 
     Returns:
         :class:`DAVISScores`: global metrics and one :class:`ObjectScores` per (sequence, object).
@@ -201,8 +207,11 @@ def evaluate_davis(
         ValueError: empty split file, result of another size than ground truth, ids that ground
             truth lacks, non-palette result PNG, fewer than 3 frames, no object in the first frame.
     """
+    year = str(year)
     if year not in YEARS:
         raise ValueError(f"year must be one of {YEARS}, got {year!r}")
+    if single_object is None:
+        single_object = year == "2016"
     results_dir, davis_root = Path(results_dir), Path(davis_root)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results folder not found: {results_dir}")
@@ -211,7 +220,7 @@ def evaluate_davis(
     if sequences is None:
         if split is None:
             raise ValueError("give sequences=[...] or split='val' (ImageSets/<year>/<split>.txt)")
-        sequences = read_davis_split(davis_root, split, year=year)
+        sequences = read_davis_split(davis_root, split, year=year, resolution=resolution)
     elif isinstance(sequences, str):
         sequences = [sequences]
     if not sequences:
@@ -230,7 +239,7 @@ def evaluate_davis(
             pass
     objects: list[ObjectScores] = []
     for seq in iterator:
-        seq_scores = _score_sequence(results_dir, gt_root / seq, seq, single_object=year == "2016")
+        seq_scores = _score_sequence(results_dir, gt_root / seq, seq, single_object=bool(single_object))
         log.debug("%s: %s", seq, ", ".join(f"{o.name} J={o.j_mean:.3f} F={o.f_mean:.3f}" for o in seq_scores))
         objects.extend(seq_scores)
     scores = DAVISScores.from_objects(objects)

@@ -344,7 +344,13 @@ def score_davis_sequence(
         )
     object_ids = davis_object_ids(gt[0], single_object=single_object)
     if not object_ids:
-        raise ValueError(f"{where}the first ground-truth frame contains no object")
+        hint = ""
+        if not single_object and np.any(gt[0] == VOID_ID):
+            hint = (
+                f" (only void, {VOID_ID}, under the DAVIS-2017 rule; the DAVIS-2016 release's grayscale masks mark "
+                f"the object with {VOID_ID}: score them with the single-object rule, year 2016)"
+            )
+        raise ValueError(f"{where}the first ground-truth frame contains no object{hint}")
     if not single_object:
         extra = sorted(set(np.unique(pred).tolist()) - {0, *object_ids})
         if extra:
