@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,31 @@ def test_davis2016_end_to_end(tmp_path: Path, features: str) -> None:
         assert result["scores"]["J&F-Mean"] > (0.5 if features == "lab" else 0.0)
 
 
+def test_davis2016_release_end_to_end_matches_its_palette_version(tmp_path: Path) -> None:
+    """task=davis2016 reads the official 2016 release (grayscale masks, object = 255, frame-pair
+    split files under ImageSets/480p/) and the palette version of the same videos alike: the same
+    predictions, pixel for pixel, and the same scores. task=davis (255 = void) says what to use."""
+    release = make_davis_tree(tmp_path / "release", n_objects=1, layout="2016-release")
+    palette = make_davis_tree(tmp_path / "palette", n_objects=1, year="2016")
+    runs = {}
+    for name, root in (("release", release), ("palette", palette)):
+        runs[name] = propagate(compose_cfg(
+            "task=davis2016", f"data.root={root}", f"output_dir={tmp_path / name / 'out'}", "features=lab", "overlay=null",
+        ))  # fmt: skip
+    for seq, n in (("squares-a", 6), ("squares-b", 5)):
+        for t in range(n):
+            a = read_indexed_png(tmp_path / "release" / "out" / "results" / seq / f"{t:05d}.png")
+            b = read_indexed_png(tmp_path / "palette" / "out" / "results" / seq / f"{t:05d}.png")
+            np.testing.assert_array_equal(a, b)
+            assert set(np.unique(a).tolist()) <= {0, 1}
+    if HAS_EVALUATION:
+        assert runs["release"]["scores"] == runs["palette"]["scores"]
+        assert runs["release"]["scores"]["J&F-Mean"] > 0.5
+    with pytest.raises(ValueError, match=r"only ids 0 and 255.*task=davis2016"):
+        propagate(compose_cfg("task=davis", f"data.root={release}", "task.dataset.year=2016", f"output_dir={tmp_path / 'x'}", "features=lab"))
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("features", ["lab", "random"])
 @pytest.mark.parametrize("protocol", ["crw", "corrflow"])
 def test_jhmdb_end_to_end(tmp_path: Path, protocol: str, features: str) -> None:
@@ -242,6 +268,62 @@ def test_resume_skips_finished_sequences_and_redoes_a_half_written_one(davis_roo
     assert fourth["skipped"] == []
 
 
+# -- config records ----------------------------------------------------------------------------
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_each_run_that_propagates_keeps_its_config_and_each_sequence_names_its_run(davis_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_davis(davis_root, out, "features=lab", "protocol=corrflow", "overlay=null", "score=false")
+    (first,) = sorted((out / "runs").iterdir())
+    assert OmegaConf.load(first / "config.yaml").protocol.propagator.radius == 6
+    assert (out / "config.yaml").read_text() == (first / "config.yaml").read_text()
+    done = {s: json.loads((out / "results" / f"{s}.done").read_text()) for s in ("squares-a", "squares-b")}
+    assert {d["run"] for d in done.values()} == {f"runs/{first.name}"}
+    # Nothing to redo: no new record.
+    run_davis(davis_root, out, "features=lab", "protocol=corrflow", "overlay=null", "score=false")
+    assert sorted((out / "runs").iterdir()) == [first]
+    # Another radius in the same folder: squares-b is redone by a second run with its own record;
+    # squares-a was not selected and still points to the first run's config.
+    run_davis(davis_root, out, "features=lab", "protocol=corrflow", "overlay=null", "score=false",
+              "protocol.propagator.radius=2", "task.dataset.sequences=[squares-b]")  # fmt: skip
+    first_again, second = sorted((out / "runs").iterdir())
+    assert first_again == first
+    assert OmegaConf.load(first / "config.yaml").protocol.propagator.radius == 6
+    assert OmegaConf.load(second / "config.yaml").protocol.propagator.radius == 2
+    assert json.loads((out / "results" / "squares-a.done").read_text())["run"] == f"runs/{first.name}"
+    assert json.loads((out / "results" / "squares-b.done").read_text())["run"] == f"runs/{second.name}"
+
+
+@pytest.mark.parametrize("failure", ["data_root", "annotation", "checkpoint", "device"])
+def test_a_failed_run_leaves_earlier_results_and_config_records_untouched(davis_root: Path, tmp_path: Path, failure: str) -> None:
+    out = tmp_path / "out"
+    run_davis(davis_root, out, "features=lab", "protocol=corrflow", "overlay=null")
+    before = _snapshot(out)
+    args = ["features=lab", "protocol=corrflow", "overlay=null", "protocol.propagator.radius=2"]  # would redo both
+    root, error = davis_root, ValueError
+    if failure == "data_root":
+        root, error = tmp_path / "nope", Exception  # Hydra's instantiate wraps the FileNotFoundError
+    elif failure == "annotation":
+        bad = np.zeros((32, 48), np.uint8)
+        bad[:4, :4] = 9
+        write_indexed_png(davis_root / "Annotations" / "480p" / "squares-b" / "00003.png", bad)
+    elif failure == "checkpoint":
+        args[0], error = "features=checkpoint", Exception
+        args.append(f"ckpt={tmp_path / 'gone.ckpt'}")
+    else:
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+        args.append("device=cuda")
+    with pytest.raises(error):
+        propagate(compose_cfg("task=davis", f"data.root={root}", f"output_dir={out}", *args))
+    assert (out / "config.yaml").read_bytes() == before["config.yaml"]
+    assert _snapshot(out) == before  # results, done-files, overlays, scores and runs/ records alike
+    assert any(k.startswith("runs/") and k.endswith("/config.yaml") for k in before)
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 def test_checkpoint_of_the_wrong_kind(davis_root: Path, tmp_path: Path) -> None:
@@ -278,6 +360,37 @@ def test_entry_script(davis_root: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "squares-a" in proc.stdout
     assert (out / "results" / "squares-b.done").is_file()
+
+
+def _entry(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+    from tests.test_utils_cli import run_tool
+
+    return run_tool(
+        REPO / "tools" / "propagate.py", "features=lab", "protocol=corrflow", f"output_dir={tmp_path / 'out'}", "progress=false",
+        f"hydra.run.dir={tmp_path / 'hydra'}", *args, env=env,
+    )  # fmt: skip
+
+
+def test_entry_script_missing_data_root_is_one_line(tmp_path: Path) -> None:
+    from tests.test_utils_cli import assert_one_clear_line
+
+    proc = _entry(tmp_path, "task=davis", f"data.root={tmp_path / 'nope'}")
+    assert_one_clear_line(proc, rf"^error: DAVIS root not found: {re.escape(str(tmp_path / 'nope'))} ")
+    assert not (tmp_path / "out").exists()
+    # CORRFLOW_DEBUG=1 shows where it came from
+    debug = _entry(tmp_path, "task=davis", f"data.root={tmp_path / 'nope'}", env={"CORRFLOW_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "DAVIS root not found" in debug.stderr
+
+
+def test_entry_script_unexpected_mask_id_is_one_line(davis_root: Path, tmp_path: Path) -> None:
+    from tests.test_utils_cli import assert_one_clear_line
+
+    bad = np.zeros((32, 48), np.uint8)
+    bad[:4, :4] = 9
+    write_indexed_png(davis_root / "Annotations" / "480p" / "squares-a" / "00002.png", bad)
+    proc = _entry(tmp_path, "task=davis", f"data.root={davis_root}")
+    assert_one_clear_line(proc, r"^error: .*squares-a/00002\.png: object ids \[9\] are not in the first-frame annotation")
+    assert not (tmp_path / "out").exists()
 
 
 def make_checkpoint(path: Path) -> Path:

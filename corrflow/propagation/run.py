@@ -4,13 +4,20 @@ the predictions, score them, draw them. ``tools/propagate.py`` is its Hydra entr
 Output, under ``cfg.output_dir``::
 
     results/<seq>/%05d.png | results/<seq>.npz   predictions (see corrflow.propagation.targets)
-    results/<seq>.done                            written last: the sequence is finished
+    results/<seq>.done                            written last: the sequence is finished; names the run that made it
     overlays/<seq>.png, overlays/<seq>.gif        pictures
     scores/                                       the evaluation's CSVs
-    config.yaml                                   the resolved config of the last run
+    runs/<time>/config.yaml                       the resolved config of each run that propagated a video
+    config.yaml                                   a copy of the latest of those
+
+Inputs are checked before anything is written: the dataset is found and not empty, the features
+(and their checkpoint) load, and the annotations of every video still to do are read and checked.
+A run that fails there leaves the folder as it was. A run that propagates at least one video
+records its config in a new ``runs/<time>/`` folder first, and each ``.done`` file names that
+folder, so every finished sequence keeps a record of the config that made it.
 
 A run that is started again with the same config skips the finished sequences (their done-file
-records the config's fingerprint) and redoes a half-written one.
+records the config's fingerprint) and redoes a half-written one, or one made with another config.
 """
 
 from __future__ import annotations
@@ -34,13 +41,24 @@ __all__ = ["fingerprint", "propagate", "resolve_device"]
 log = logging.getLogger(__name__)
 
 DONE_SUFFIX = ".done"
+RUNS_DIR = "runs"
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else as given."""
+    """'auto' -> CUDA when available, else CPU; anything else as given.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device on a machine without CUDA.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device={name!r} is not a device (auto, cpu, cuda, cuda:1, ...): {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available here (use device=auto or device=cpu)")
+    return device
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -74,6 +92,40 @@ def _write_done(path: Path, record: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, path)
+
+
+def _config_text(cfg: DictConfig) -> str:
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra run (the compose API)
+        return OmegaConf.to_yaml(cfg)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _record_run(out: Path, cfg: DictConfig, key: str) -> str:
+    """Write ``runs/<time>/config.yaml`` (a new folder per run) and its copy ``config.yaml``;
+    returns the run's name, ``<time>``."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    runs = out / RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    name, n = stamp, 0
+    while True:  # two runs in the same second get their own folders
+        try:
+            (runs / name).mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            name = f"{stamp}_{n}"
+    text = f"# propagate run {name}, config fingerprint {key}\n" + _config_text(cfg)
+    _write_text_atomic(runs / name / "config.yaml", text)
+    _write_text_atomic(out / "config.yaml", text)
+    return name
 
 
 def _propagate_video(video, *, propagator, targets, results_dir: Path, recorder, progress: bool) -> int:
@@ -125,37 +177,47 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
     """
     out = Path(cfg.output_dir)
     results_dir, overlays_dir, scores_dir = out / "results", out / "overlays", out / "scores"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        text = OmegaConf.to_yaml(cfg, resolve=True)
-    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra run (the compose API)
-        text = OmegaConf.to_yaml(cfg)
-    (out / "config.yaml").write_text(text)
-    log.info("propagate: task=%s protocol=%s features=%s -> %s", cfg.task.name, cfg.protocol.name, cfg.features.name, out)
     if cfg.get("seed") is not None:
         torch.manual_seed(int(cfg.seed))
 
+    # Inputs first: nothing is written before the data, the features and the annotations are checked.
+    log.info("propagate: task=%s protocol=%s features=%s -> %s", cfg.task.name, cfg.protocol.name, cfg.features.name, out)
     device = resolve_device(str(cfg.device))
     dataset = instantiate(cfg.task.dataset)
+    if len(dataset) == 0:
+        raise ValueError(f"task={cfg.task.name}: no videos under data.root={cfg.data.root}")
     targets = instantiate(cfg.task.targets)
     features = instantiate(cfg.features.extractor).to(device).eval()
     propagator = instantiate(cfg.protocol.propagator)(features, device=device, harden=targets.harden)
     recorder_factory = instantiate(cfg.overlay) if cfg.get("overlay") else None
     key = fingerprint(cfg)
     progress = bool(cfg.get("progress", True))
-    log.info("%d videos; features %s (stride %d) on %s; config fingerprint %s", len(dataset), type(features).__name__,
-             propagator.stride, device, key)  # fmt: skip
+    done_before = {}
+    for video in dataset:
+        done = _done_path(results_dir, video.name)
+        record = _read_done(done) if done.is_file() else None
+        if record is not None and record.get("fingerprint") == key:
+            done_before[video.name] = record
+        else:
+            targets.check(video)
+    log.info("%d videos (%d finished earlier); features %s (stride %d) on %s; config fingerprint %s", len(dataset),
+             len(done_before), type(features).__name__, propagator.stride, device, key)  # fmt: skip
+
+    run_name = _record_run(out, cfg, key) if len(done_before) < len(dataset) else None
+    if run_name is not None:
+        log.info("config recorded in %s", out / RUNS_DIR / run_name / "config.yaml")
+    results_dir.mkdir(parents=True, exist_ok=True)
 
     rows, skipped = [], []
     videos = tqdm(dataset, desc="videos", unit="video") if progress else dataset
     for video in videos:
         done = _done_path(results_dir, video.name)
-        record = _read_done(done) if done.is_file() else None
-        if record is not None and record.get("fingerprint") == key:
+        record = done_before.get(video.name)
+        if record is not None:
             log.info("%s: finished in an earlier run, skipped", video.name)
             skipped.append(video.name)
         else:
-            if record is not None:
+            if done.is_file():
                 log.warning("%s: earlier results were made with another config; redoing", video.name)
             done.unlink(missing_ok=True)
             recorder = recorder_factory(n_frames=len(video)) if recorder_factory else None
@@ -167,7 +229,7 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
             if recorder is not None:
                 stem = overlays_dir / video.name
                 recorder.save(stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".gif"))
-            record = {"fingerprint": key, "frames": n, "seconds": round(seconds, 3)}
+            record = {"fingerprint": key, "frames": n, "seconds": round(seconds, 3), "run": f"{RUNS_DIR}/{run_name}"}
             _write_done(done, record)  # last: marks the sequence finished
             log.info("%s: %d frames in %.1f s (%.2f frames/s)", video.name, n, seconds, n / max(seconds, 1e-9))
         rows.append({"sequence": video.name, "frames": record["frames"], "seconds": float(record["seconds"]),

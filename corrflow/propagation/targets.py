@@ -1,7 +1,10 @@
 """What is propagated, and how predictions are written and scored: object masks or keypoints.
 
 A task config names one of these (``task.targets._target_``); the propagation loop is the same
-for both. ``harden`` says what the arg-max feed-back of the CorrFlow protocol means for them. Per video, :meth:`start` gives a session holding the query frame's labels on the
+for both. ``harden`` says what the arg-max feed-back of the CorrFlow protocol means for them.
+:meth:`check` reads and checks a video's annotations; the propagation run calls it for every video
+before it writes anything, so that bad input fails early and leaves earlier results alone. Per
+video, :meth:`start` gives a session holding the query frame's labels on the
 feature grid; ``session.emit(t, pred)`` decodes and writes frame ``t``; ``session.finish()``
 completes the files. Predictions are written first and scored afterwards, by the task's
 evaluation function.
@@ -71,9 +74,10 @@ class MaskTargets:
     """Object masks: labels are background + the first frame's object ids, one-hot.
 
     Args:
-        validate_annotations: before propagating a video, check all its annotations (palette,
-            size, no ids that the first frame lacks) so that bad ground truth fails early and
-            names its file. Propagation itself reads only the first frame's.
+        validate_annotations: :meth:`check` reads all of a video's annotations (palette or
+            grayscale, size, no ids that the first frame lacks), not only the first frame's, so that
+            bad ground truth fails before propagating and names its file. Propagation itself reads
+            only the first frame's.
         label_resize: how masks reach the feature grid and predictions come back.
             'pool': each cell holds the share of each label among its stride x stride pixels (of
             the edge-padded frame); predictions are resized bilinearly to the padded frame, then
@@ -109,12 +113,21 @@ class MaskTargets:
     def output_path(results_dir: Path, name: str) -> Path:
         return results_dir / name
 
+    def check(self, video) -> None:
+        """Read the first frame's mask (and, with ``validate_annotations``, all of them).
+
+        Raises:
+            FileNotFoundError / ValueError naming the bad file.
+        """
+        ids = object_ids(video.first_mask())
+        if self.validate_annotations:
+            video.validate_annotations(ids)
+
     def start(self, video, *, stride: int, results_dir: Path) -> MaskSession:
+        """The video's session; call :meth:`check` first (the propagation run does, for every video)."""
         self._stride = stride
         mask = video.first_mask()
         ids = object_ids(mask)
-        if self.validate_annotations:
-            video.validate_annotations(ids)
         out = self.output_path(results_dir, video.name)
         _remove(out)  # a half-written run of this video is redone from scratch
         out.mkdir(parents=True)
@@ -227,6 +240,12 @@ class KeypointTargets:
     @staticmethod
     def output_path(results_dir: Path, name: str) -> Path:
         return results_dir / f"{name}.npz"
+
+    @staticmethod
+    def check(video) -> None:
+        """Read the query frame's keypoints and the first frame's size (errors name the file)."""
+        video.query()
+        _ = video.size
 
     def start(self, video, *, stride: int, results_dir: Path) -> KeypointSession:
         coords, visible = video.query()
