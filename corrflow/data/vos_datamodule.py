@@ -94,6 +94,7 @@ class _SegmentationDataModule(pl.LightningDataModule):
 
 class StaticClipDataModule(_SegmentationDataModule):
     """Synthetic clips from single images with masks (:class:`~corrflow.data.vos_static.StaticClipDataset`).
+    Its ``stage`` is 'static' (recorded in the checkpoints of the runs it feeds).
 
     Args:
         root: one root or a list (same layout).
@@ -134,6 +135,8 @@ class StaticClipDataModule(_SegmentationDataModule):
             size=tuple(size), n_frames=n_frames, degrees=degrees, shear=shear, scale=tuple(scale), translate=tuple(translate), max_objects=max_objects
         )
 
+    stage = "static"
+
     def build_dataset(self) -> StaticClipDataset:
         if self.root is None:
             raise ValueError("data.root is not set: the folder of the images (layout=salient) or videos (davis / youtube)")
@@ -147,6 +150,7 @@ class StaticClipDataModule(_SegmentationDataModule):
 
 class VOSClipDataModule(_SegmentationDataModule):
     """Ordered clips of annotated videos with a scheduled maximum skip (:class:`~corrflow.data.vos_clips.VOSClipDataset`).
+    Its ``stage`` is 'video'.
 
     Args:
         root, layout ('davis' or 'youtube'), year, split, resolution, sequences, validate: which videos.
@@ -191,6 +195,8 @@ class VOSClipDataModule(_SegmentationDataModule):
             raise ValueError(f"max_skip takes start, end and ramp_steps, got {sorted(unknown)}")
         self.skip_schedule = schedule
         self._total_steps: int | None = None
+
+    stage = "video"
 
     def build_dataset(self) -> VOSClipDataset:
         if self.root is None:

@@ -1,0 +1,109 @@
+"""``finetune(cfg)``: the core of ``tools/finetune.py`` (downstream segmenters on a corrflow,
+random or ImageNet backbone), callable from tests and notebooks. It mirrors
+:func:`corrflow.train.train` and shares its helpers.
+
+``ckpt_path`` takes a checkpoint of this segmenter (``corrflow.kind`` in the file):
+
+- of the same training stage (the stage is the data module's: ``static`` images or ``video``
+  clips): the run resumes (weights, optimizer, step count, and what derives from it);
+- of the other stage (the usual case: STM's main training from its static-image pretraining):
+  the weights are loaded and training starts afresh (new optimizer, step 0), which is what
+  ``python tools/finetune.py experiment=stm ckpt_path=<stm_static final.ckpt>`` means.
+
+A pretraining checkpoint there, or another segmenter's, is a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from corrflow.models.backbone import load_state_exactly
+from corrflow.train import git_sha, resolve_precision
+
+log = logging.getLogger(__name__)
+
+__all__ = ["finetune", "read_segmenter_checkpoint"]
+
+
+def read_segmenter_checkpoint(path: str | Path, *, kind: str) -> dict:
+    """The checkpoint at ``path``, which must be a ``kind`` segmenter's.
+
+    Raises:
+        FileNotFoundError: no file. ValueError: unreadable, a pretraining checkpoint (saying how
+        to start from it instead), another segmenter's, or not a corrflow checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise ValueError(f"ckpt_path={path}: cannot read as a PyTorch checkpoint ({e})") from e
+    meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict):
+        raise ValueError(f"ckpt_path={path} is not a corrflow checkpoint (no 'corrflow' entry)")
+    found = meta.get("kind", "pretraining" if "encoder" in meta else None)
+    if found == kind:
+        return ckpt
+    if found == "pretraining":
+        raise ValueError(
+            f"ckpt_path={path} is a corrflow pretraining checkpoint (tools/train.py); ckpt_path continues a {kind.upper()} run. "
+            f"To start {kind.upper()} from its encoder, pass model.backbone.init={path}"
+        )
+    raise ValueError(f"ckpt_path={path} is a {str(found).upper()} checkpoint; this run trains {kind.upper()}")
+
+
+def start_from(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.LightningDataModule) -> str | None:
+    """Apply ``ckpt_path``: returns the checkpoint to resume from (same stage), or loads the
+    weights of one from the other stage into ``model`` and returns None (see the module docstring)."""
+    if not cfg.get("ckpt_path"):
+        return None
+    ckpt = read_segmenter_checkpoint(cfg.ckpt_path, kind=model.kind)
+    saved, now = ckpt["corrflow"].get("stage"), getattr(datamodule, "stage", None)
+    if saved == now:
+        log.info("resuming %s (%s stage, step %s)", cfg.ckpt_path, now, ckpt.get("global_step"))
+        return str(cfg.ckpt_path)
+    load_state_exactly(model, ckpt["state_dict"], source=f"ckpt_path={cfg.ckpt_path}")
+    log.info(
+        "starting %s training from the weights of %s (a %s-stage run, step %s): new optimizer, step 0; "
+        "model.backbone.init is overridden by them",
+        now, cfg.ckpt_path, saved, ckpt.get("global_step"),
+    )  # fmt: skip
+    return None
+
+
+def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train a segmenter as configured. Returns (final metrics, the objects built)."""
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path not found: {cfg.ckpt_path}")
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model)
+    resume = start_from(cfg, model, datamodule)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    with open_dict(cfg):
+        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    hparams = {"config": OmegaConf.to_container(cfg, resolve=True), "git_sha": git_sha()}
+    for lg in trainer.loggers:
+        lg.log_hyperparams(hparams)
+    bb = model.net.query_encoder.config
+    arch = bb["arch"] if isinstance(bb["arch"], str) else f"ResNet (stride {model.net.query_encoder.stride})"
+    log.info("git %s; %s on a %s backbone, init=%s; output in %s", hparams["git_sha"], model.kind.upper(), arch, bb["init"], trainer.default_root_dir)
+
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume)
+    final = Path(trainer.default_root_dir) / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(final)
+    log.info("final checkpoint: %s", final)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "final_ckpt": final}
