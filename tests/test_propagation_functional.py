@@ -77,6 +77,28 @@ def test_mixed_context_attention_matches_dense_reference(h, w, r, radius, tile, 
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("topk, window", [(None, "square"), (10, "disc")])
+def test_mixed_context_attention_under_bf16_autocast_is_float32_accurate(input_dtype, topk, window) -> None:
+    """Raw dot products of ~20-norm features (logits ~400, neighbours a few units apart, as the
+    CorrFlow protocol's temperature-1 affinity): under bf16 autocast the logits and softmax are
+    float32, so the result matches the float64 dense reference of the same input values."""
+    h, w, r, c = 9, 11, 2, 16
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(c, generator=g, dtype=torch.float64)
+    base = 20 * base / base.norm()
+    feats = [base.view(1, c, 1, 1) + 0.1 * torch.randn(1, c, h, w, generator=g, dtype=torch.float64) for _ in range(2 + r)]
+    q, k0, keys = feats[0], feats[1], torch.stack(feats[2:], 1)
+    v0 = torch.rand(1, 3, h, w, generator=g, dtype=torch.float64).softmax(1)
+    values = torch.rand(1, r, 3, h, w, generator=g, dtype=torch.float64).softmax(2)
+    q, k0, v0, keys, values = (t.to(input_dtype) for t in (q, k0, v0, keys, values))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixed_context_attention(q, k0, v0, keys, values, radius=3, temperature=1.0, topk=topk, tile=4, window=window)
+    ref = dense_mixed_reference(*(t.double() for t in (q, k0, v0, keys, values)), radius=3, temperature=1.0, topk=topk, window=window)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+
+
 def test_mixed_context_radius_limits_recent_frames_not_the_first() -> None:
     """A perfect match 5 cells away is used from a recent frame only when the radius reaches it,
     and from the first frame always (the first frame is attended whole)."""

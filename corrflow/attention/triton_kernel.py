@@ -31,7 +31,9 @@ reference. Both passes compute logits with identical code, so the comparison is 
 Dtypes: float32, bfloat16 and float16 inputs; logits, softmax statistics and accumulators are
 float32; 16-bit operands go to the tensor cores as they are (probabilities are cast to the
 values' dtype for the P @ V product, as in FlashAttention). float32 operands use TF32 only when
-``torch.backends.cuda.matmul.allow_tf32`` is set, like ``torch.matmul``.
+``torch.backends.cuda.matmul.allow_tf32`` is set, like ``torch.matmul``. Through the dispatcher
+(``restricted_attention``), query and keys reach the kernel as they are while values are upcast to
+float32 (its precision rule), so under bf16 autocast the probabilities meet float32 values.
 
 CPU: Triton's interpreter runs these kernels on CPU tensors when ``TRITON_INTERPRET=1`` is set
 before this module is imported (Triton 3.x reads the variable when ``@triton.jit`` decorates a
@@ -493,3 +495,10 @@ def restricted_attention_triton(
     if query.numel() == 0 or values.numel() == 0:
         return query.new_zeros((b, d, h, w), dtype=torch.promote_types(query.dtype, values.dtype))
     return _RestrictedAttentionFunction.apply(query, keys.to(query.dtype), values, radius, temperature, topk)
+
+
+# The dispatcher's precision rule (corrflow.attention.functional.attention_in_float32) upcasts
+# 16-bit inputs to float32. Query and keys may stay 16-bit here: the kernel's logits are float32
+# sums of exact products of 16-bit operands, the very logits of the upcast operands, without
+# doubling the bytes read. Not under the interpreter, whose bfloat16 dot is wrong (see the tests).
+restricted_attention_triton.fp32_logits_from_16bit_args = () if interpreting() else (0, 1)

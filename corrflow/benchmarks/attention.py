@@ -90,7 +90,7 @@ def _estimate(backend: str, size: AttentionSize, dtype: torch.dtype, *, backward
     """(working bytes, dense-equivalent flops) of one call: what decides skipping, not what is reported."""
     b, r, c, d = size.batch, size.refs, size.channels, size.values
     hw, kk = size.height * size.width, (2 * size.radius + 1) ** 2
-    e, grad = _elem(dtype), (3 if backward else 1)
+    e, grad = max(_elem(dtype), 4), (3 if backward else 1)  # 16-bit inputs are computed in float32
     if backend == "reference":  # the full (HW x R*HW) affinity, a mask, softmax and its saved copies
         return b * hw * r * hw * (e * 3 * grad + 2), 2.0 * b * hw * r * hw * (c + d) * grad
     if backend == "unfold":  # every key's window materialised, C x K x HW per reference (x2 for the product)

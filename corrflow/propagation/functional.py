@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from corrflow.attention.functional import attention_in_float32
 from corrflow.attention.tiled import key_region_view, tile_queries
 
 __all__ = ["WINDOWS", "context_indices", "mixed_context_attention", "onehot_argmax", "window_mask", "window_reach"]
@@ -114,6 +115,7 @@ def window_mask(
     return (near[None, None] & inside[:, :, None, :]).reshape(-1, tile * tile, s * s)
 
 
+@attention_in_float32
 def mixed_context_attention(
     query: Tensor,
     first_key: Tensor,
@@ -152,7 +154,9 @@ def mixed_context_attention(
         window: 'square' or 'disc', the shape of the recent frames' window (:func:`window_reach`).
 
     Returns:
-        (B, D, H, W) propagated labels.
+        (B, D, H, W) propagated labels. Logits and softmax are float32 (float64 inputs: float64),
+        also under autocast, by the rule of :func:`corrflow.attention.functional.attention_in_float32`;
+        the result is float32 under autocast, else the inputs' promoted dtype.
     """
     b, c, h, w = query.shape
     d = first_value.shape[1]
