@@ -27,3 +27,18 @@ def test_empty_csv_is_an_error(tmp_path):
     csv.write_text("epoch,step\n")
     with pytest.raises(ValueError, match="no metrics"):
         read_metrics_csv(csv)
+
+
+def test_a_resumed_runs_csv_pieces_join_into_one_series(tmp_path):
+    """version_0 ran steps 0-3 and was resumed from its step-2 checkpoint as version_1 (steps 2-4):
+    steps 2 and 3 of version_0 were trained again and give way; version order is numeric."""
+    header = "epoch,step,train/loss_step\n"
+    for version, rows in {0: "0,0,5.0\n0,1,4.0\n0,2,3.0\n0,3,2.9\n", 1: "0,2,3.1\n0,3,2.8\n0,4,2.0\n", 10: ""}.items():
+        (tmp_path / "csv" / f"version_{version}").mkdir(parents=True)
+        (tmp_path / "csv" / f"version_{version}" / "metrics.csv").write_text(header + rows)
+    from corrflow.utils.plots import run_metrics_csvs
+
+    pieces = run_metrics_csvs(tmp_path)
+    assert [p.parent.name for p in pieces] == ["version_0", "version_1", "version_10"]
+    s = read_metrics_csv(*pieces)
+    assert s["train/loss_step"] == [(0, 5.0), (1, 4.0), (2, 3.1), (3, 2.8), (4, 2.0)]

@@ -109,22 +109,29 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def clip_indices(self, index: int) -> tuple[VideoSource, list[int]]:
+    def clip_indices(self, index: int, rng: random.Random | None = None) -> tuple[VideoSource, list[int]]:
+        """The source and frame indices of item ``index`` (a random start is drawn from ``rng``,
+        or from the global ``random`` module when None)."""
         v, start = self.items[index]
         src, n = self.videos[v]
         if start < 0:
-            start = random.randint(0, n - self.span)
+            start = (rng or random).randint(0, n - self.span)
         return src, [start + i * self.frame_gap for i in range(self.clip_len)]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: an item index, or ``(index, draw_seed)`` as ``ResumableClipSampler`` yields it;
+        with a draw seed, the random start and any replacement after a read failure are drawn from
+        ``random.Random(draw_seed)``, so they are reproducible wherever the item is loaded."""
+        index, draw_seed = key if isinstance(key, tuple) else (key, None)
+        rng = random.Random(draw_seed) if draw_seed is not None else None
         skipped = 0
         for _ in range(self.max_retries + 1):
-            src, idx = self.clip_indices(index)
+            src, idx = self.clip_indices(index, rng)
             try:
                 frames = read_frames(src, idx)
                 return {"frames": resize_frames(frames, self.size), "skipped": skipped}
             except VideoReadError as e:
                 skipped += 1
                 log.warning("skipping a clip: %s", e)
-                index = random.randrange(len(self.items))
+                index = (rng or random).randrange(len(self.items))
         raise VideoReadError(f"{self.max_retries + 1} clips in a row could not be read; last error above")

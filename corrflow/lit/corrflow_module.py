@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -16,6 +15,7 @@ from corrflow.models.bottleneck import ColourBottleneck
 from corrflow.models.checkpoint import encoder_payload
 from corrflow.models.corrflow import CorrFlow
 from corrflow.models.quantizer import ColourQuantizer
+from corrflow.utils.seeding import derive_seed, seeded_cpu_rng
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ class CorrFlowLitModule(pl.LightningModule):
         p_gt_start, p_gt_end: scheduled sampling, the probability of a ground-truth reference,
             linear over the whole run (0.9 -> 0.6).
         cycle_weight: weight of the cycle losses (0.1).
+        seed: the run's seed. A training step's random draws (colour dropout and jitter, the
+            scheduled-sampling coins) come from a stream derived from (seed, rank, global step):
+            a resumed run draws what the uninterrupted run would, and DDP ranks draw differently.
     Logged: ``train/loss``, ``train/loss_rec``, ``train/loss_cycle`` and their parts,
     ``train/p_gt``, ``train/skipped_videos`` (per epoch) and the learning rate.
     """
@@ -50,6 +53,7 @@ class CorrFlowLitModule(pl.LightningModule):
         p_gt_start: float = 0.9,
         p_gt_end: float = 0.6,
         cycle_weight: float = 0.1,
+        seed: int | None = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "quantizer", "bottleneck", "optimizer"], logger=False)
@@ -70,15 +74,20 @@ class CorrFlowLitModule(pl.LightningModule):
         return linear_schedule(self.global_step, self.total_steps(), start=self.hparams.p_gt_start, end=self.hparams.p_gt_end)
 
     # -- steps -----------------------------------------------------------------------------
+    def step_seed(self) -> int:
+        """The seed of this step's random draws: a function of (seed, rank, global step) only."""
+        return derive_seed(self.hparams.seed or 0, "train-step", self.global_rank, self.global_step)
+
     def model_step(self, batch: dict, *, train: bool) -> dict[str, Tensor]:
         frames = batch["frames"]  # (B, T, 3, H, W)
         b, t = frames.shape[:2]
         labels = self.quantizer(frames.flatten(0, 1)).view(b, t, *frames.shape[-2:])
-        inputs = self.bottleneck(frames) if train else frames
-        p = self.p_gt()
-        use_gt = [random.random() < p for _ in range(max(t - 2, 0))]
+        with seeded_cpu_rng(self.step_seed()) as rng:  # bottleneck draws use torch's CPU generator
+            inputs = self.bottleneck(frames) if train else frames
+            p = self.p_gt()
+            use_gt = [rng.random() < p for _ in range(max(t - 2, 0))]
         out = self.net(inputs, labels, use_gt=use_gt, cycle_weight=self.hparams.cycle_weight)
-        out["labels"], out["inputs"] = labels, inputs
+        out["labels"], out["inputs"], out["use_gt"] = labels, inputs, use_gt
         return out
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -99,6 +108,7 @@ class CorrFlowLitModule(pl.LightningModule):
             k: v for k, v in out.items() if k.startswith("pred_")
         }
         self._last_out["frames"] = batch["frames"].detach()
+        self._last_use_gt = out["use_gt"]
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -8,18 +8,40 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def read_metrics_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Lightning CSVLogger ``metrics.csv`` -> {metric: [(step, value), ...]} (empty cells dropped)."""
+def read_metrics_csv(*paths: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Lightning CSVLogger ``metrics.csv`` files -> {metric: [(step, value), ...]} (empty cells
+    dropped).
+
+    Several files are one run's pieces in order (``csv/version_0``, ``version_1``, ... of a run
+    that was resumed in its own folder): each later piece starts where its checkpoint was, so the
+    earlier pieces' rows from that step on (trained again after the resume) are dropped.
+    """
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = int(float(row["step"]))
-            for k, v in row.items():
-                if k not in ("step", "epoch") and v not in ("", None):
-                    series[k].append((step, float(v)))
+    for path in paths:
+        piece: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                step = int(float(row["step"]))
+                for k, v in row.items():
+                    if k not in ("step", "epoch") and v not in ("", None):
+                        piece[k].append((step, float(v)))
+        if piece:
+            start = min(step for values in piece.values() for step, _ in values)
+            for k in list(series):
+                series[k] = [(st, v) for st, v in series[k] if st < start]
+            for k, values in piece.items():
+                series[k].extend(values)
+    series = {k: v for k, v in series.items() if v}
     if not series:
-        raise ValueError(f"{path}: no metrics in this CSV")
-    return dict(series)
+        raise ValueError(f"{', '.join(map(str, paths))}: no metrics in this CSV")
+    return series
+
+
+def run_metrics_csvs(run: str | os.PathLike) -> list[Path]:
+    """A run folder's ``csv/version_<n>/metrics.csv`` files in version order (numeric, so 10
+    follows 9)."""
+    found = Path(run).glob("csv/version_*/metrics.csv")
+    return sorted(found, key=lambda p: int(p.parent.name.split("_")[-1]) if p.parent.name.split("_")[-1].isdigit() else -1)
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -32,14 +54,17 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike, *, title: str = "", smooth: int = 10) -> Path:
-    """Loss parts (raw and smoothed), the scheduled-sampling probability and the learning rate."""
+def plot_training_curves(
+    metrics_csv: str | os.PathLike | list[str | os.PathLike], out_png: str | os.PathLike, *, title: str = "", smooth: int = 10
+) -> Path:
+    """Loss parts (raw and smoothed), the scheduled-sampling probability and the learning rate
+    (``metrics_csv``: one file, or a resumed run's pieces in order, see ``read_metrics_csv``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = read_metrics_csv(metrics_csv)
+    s = read_metrics_csv(*(metrics_csv if isinstance(metrics_csv, list) else [metrics_csv]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key, colour in [("train/loss_step", "k"), ("train/loss_rec", "tab:blue"), ("train/loss_cycle", "tab:orange")]:
         if key in s:

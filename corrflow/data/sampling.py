@@ -1,0 +1,79 @@
+"""``ResumableClipSampler``: the training order as a function of (seed, epoch), resumable mid-epoch.
+
+Each epoch's order is a permutation drawn from (seed, epoch), split across DDP ranks as
+``torch.utils.data.DistributedSampler`` does (Lightning leaves a sampler of that type alone). A
+run resumed mid-epoch skips the batches its checkpoint already trained on, so it sees the rest of
+the same permutation, as the uninterrupted run would. Every index comes with a draw seed derived
+from (seed, epoch, rank, position): datasets that draw at random per item (a random clip start)
+use it instead of a worker's global RNG, so those draws resume too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sized
+
+from typing import Any
+
+from torch.utils.data import DataLoader, DistributedSampler
+
+from corrflow.utils.seeding import derive_seed
+
+# (epoch, batches of this epoch already trained), read when an epoch's iteration starts.
+Progress = Callable[[], tuple[int, int]]
+
+
+class ResumableClipSampler(DistributedSampler):
+    """Yields ``(index, draw_seed)`` keys.
+
+    Args:
+        dataset: a sized dataset whose ``__getitem__`` takes ``(index, draw_seed)``.
+        num_replicas, rank: the DDP world size and this process's rank (1 and 0 alone).
+        seed: the run's seed.
+        batch_size: per-process batch size (turns skipped batches into skipped items).
+        progress: called when an epoch's iteration starts; returns (epoch, batches already
+            trained in it). None: epoch from ``set_epoch``, nothing skipped.
+        shuffle, drop_last: as ``DistributedSampler`` (an even split across ranks).
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        batch_size: int = 1,
+        progress: Progress | None = None,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.batch_size, self.progress = batch_size, progress
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.progress is not None:
+            epoch, done = self.progress()
+            self.set_epoch(epoch)
+        else:
+            done = 0
+        indices = list(super().__iter__())  # this rank's share of the (seed, epoch) permutation
+        start = min(max(done, 0) * self.batch_size, len(indices))
+        for position in range(start, len(indices)):
+            yield indices[position], derive_seed(self.seed, "item", self.epoch, self.rank, position)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` that tells Lightning it resumes mid-epoch (its ``state_dict`` /
+    ``load_state_dict`` make it "stateful" to Lightning's fit loop). Its position needs no stored
+    state: a ``ResumableClipSampler`` reads (epoch, batches done) from the restored trainer when
+    an epoch's iteration starts. ``state_dict`` records that position for the record only."""
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self.sampler
+        if isinstance(sampler, ResumableClipSampler) and sampler.progress is not None:
+            epoch, done = sampler.progress()
+            return {"epoch": epoch, "batches_done": done, "derived_from": "trainer progress"}
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to load: the sampler derives the position from the restored trainer."""
