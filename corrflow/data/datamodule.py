@@ -45,6 +45,7 @@ class CorrFlowDataModule(pl.LightningDataModule):
         clips_per_video: int = 1,
         pin_memory: bool | None = None,
         seed: int | None = 0,
+        decoder: str = "auto",
     ) -> None:
         super().__init__()
         if num_workers is None:
@@ -53,6 +54,7 @@ class CorrFlowDataModule(pl.LightningDataModule):
             pin_memory = torch.cuda.is_available()
         self.root, self.batch_size, self.num_workers, self.pin_memory, self.seed = root, batch_size, num_workers, pin_memory, seed or 0
         self.clip_kwargs = dict(clip_len=clip_len, frame_gap=frame_gap, size=tuple(size), sampling=sampling, clips_per_video=clips_per_video)
+        self.decoder = decoder  # video files: 'auto' (decord if installed, else PyAV), 'decord', 'pyav'
         self.train_set: ClipDataset | None = None
         self._sources: list[VideoSource] | None = None
 
@@ -62,7 +64,7 @@ class CorrFlowDataModule(pl.LightningDataModule):
             root = self.root if self.root is not None else sample_video_dir()
             if self.root is None:
                 log.info("no data.root given: training on the sample videos in %s", root)
-            self._sources = discover_sources(root)
+            self._sources = discover_sources(root, decoder=self.decoder)
         return self._sources
 
     def setup(self, stage: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Finding training videos: video files (decoded with decord) and folders of frames.
+"""Finding training videos: video files (decoded with decord or PyAV) and folders of frames.
 
 A *source* is one video: a file with a video extension, or a folder holding image frames
 (DAVIS / YouTube-VOS ``JPEGImages/<video>/*.jpg``, Kinetics frames extracted to folders).
@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DECODERS = ("auto", "decord", "pyav")
 
 
 @dataclass(frozen=True)
 class VideoSource:
-    """One video: ``kind`` is 'video' (a file) or 'frames' (a folder of images)."""
+    """One video: ``kind`` is 'video' (a file) or 'frames' (a folder of images). ``decoder``
+    says how a video file is decoded: 'auto' (decord if installed, else PyAV), 'decord', 'pyav'."""
 
     path: str
     kind: str
+    decoder: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(map(repr, DECODERS))}, got {self.decoder!r}")
 
 
 def _is_video(p: Path) -> bool:
@@ -64,13 +71,16 @@ def _from_entry(p: Path) -> list[VideoSource]:
     raise FileNotFoundError(f"video path not found: {p}")
 
 
-def discover_sources(root: str | os.PathLike) -> list[VideoSource]:
-    """All videos under ``root`` (folder, list file, or single video), in a stable order.
+def discover_sources(root: str | os.PathLike, *, decoder: str = "auto") -> list[VideoSource]:
+    """All videos under ``root`` (folder, list file, or single video), in a stable order; video
+    files are to be decoded with ``decoder`` ('auto', 'decord' or 'pyav').
 
     Raises:
         FileNotFoundError: ``root`` (or an entry of a list file) does not exist.
-        ValueError: nothing usable was found.
+        ValueError: nothing usable was found, or an unknown decoder.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"data.decoder must be one of {', '.join(map(repr, DECODERS))}, got {decoder!r}")
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"data path not found: {root}")
@@ -89,4 +99,4 @@ def discover_sources(root: str | os.PathLike) -> list[VideoSource]:
             f"no videos found under {root}: expected video files ({', '.join(VIDEO_EXTENSIONS)}) "
             f"or folders of frames ({', '.join(IMAGE_EXTENSIONS)})"
         )
-    return sources
+    return [replace(s, decoder=decoder) if s.kind == "video" else s for s in sources]

@@ -1,4 +1,4 @@
-"""Logger factories: wandb that never waits on a network it does not have."""
+"""Logger factories: wandb (an optional extra) that never waits on a network it does not have."""
 
 from __future__ import annotations
 
@@ -7,6 +7,19 @@ import netrc
 import os
 
 log = logging.getLogger(__name__)
+
+WANDB_MISSING = (
+    "logger=wandb needs wandb, which is not installed: `pip install wandb`, "
+    "or choose another logger: logger=csv (the default), tensorboard or none"
+)
+
+
+def require_wandb() -> None:
+    """Raise one clear ImportError (with the pip command) when wandb is not installed."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError as e:
+        raise ImportError(WANDB_MISSING, name="wandb") from e
 
 
 def wandb_has_credentials() -> bool:
@@ -30,7 +43,12 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
 
 def make_wandb_logger(*, mode: str = "auto", **kwargs):
     """A Lightning ``WandbLogger``; with ``mode='auto'`` it logs offline when there are no
-    credentials (sync later with ``wandb sync``), so a run never hangs on a login prompt."""
+    credentials (sync later with ``wandb sync``), so a run never hangs on a login prompt.
+
+    Raises:
+        ImportError: wandb is not installed (the message says how to install it).
+    """
+    require_wandb()
     from pytorch_lightning.loggers import WandbLogger
 
     resolved = resolve_wandb_mode(mode)
