@@ -10,7 +10,10 @@ random or ImageNet backbone), callable from tests and notebooks. It mirrors
   the weights are loaded and training starts afresh (new optimizer, step 0), which is what
   ``python tools/finetune.py experiment=stm ckpt_path=<stm_static final.ckpt>`` means.
 
-A pretraining checkpoint there, or another segmenter's, is a clear error.
+A pretraining checkpoint there, or another segmenter's, is a clear error. A resumed run writes
+into its own run folder (``conf/hydra/finetune.yaml``: the resolvers below), a run started from the
+other stage's weights into a new one. Ctrl-C finishes the step, saves ``last.ckpt`` and prints
+the command that resumes (``CheckpointOnStop``, as in pretraining).
 """
 
 from __future__ import annotations
@@ -24,12 +27,41 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from corrflow.lit.checkpoint_on_stop import CheckpointOnStop
 from corrflow.models.backbone import load_state_exactly
-from corrflow.train import git_sha, resolve_precision
+from corrflow.train import git_sha, resolve_precision, resume_command, resumed_run_dir, save_end_of_run
 
 log = logging.getLogger(__name__)
 
 __all__ = ["finetune", "read_segmenter_checkpoint"]
+
+
+def _same_stage_run(ckpt_path: str | None, data_target: str) -> Path | None:
+    """The run folder of ``ckpt_path`` when that run's data module was ``data_target`` (a resume)."""
+    run = resumed_run_dir(ckpt_path)
+    if run is None:
+        return None
+    try:
+        saved = OmegaConf.load(run / ".hydra" / "config.yaml").data.get("_target_")
+    except Exception:  # noqa: BLE001 - no readable config: treat as another run
+        return None
+    return run if saved == data_target else None
+
+
+def register_resolvers() -> None:
+    """``corrflow_finetune_run_dir`` and ``corrflow_finetune_config_subdir`` for conf/hydra/finetune.yaml:
+    resuming a run of the same stage writes into its folder (its new config under
+    ``.hydra/resumed-<time>/``); a checkpoint of the other stage starts a new folder."""
+    resolvers = {
+        "corrflow_finetune_run_dir": lambda ckpt, target, default: str(_same_stage_run(ckpt, target) or default),
+        "corrflow_finetune_config_subdir": lambda ckpt, target, stamp: f".hydra/resumed-{stamp}" if _same_stage_run(ckpt, target) else ".hydra",
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()
 
 
 def read_segmenter_checkpoint(path: str | Path, *, kind: str) -> dict:
@@ -80,7 +112,8 @@ def start_from(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.Lightn
 
 
 def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train a segmenter as configured. Returns (final metrics, the objects built)."""
+    """Train a segmenter as configured. Returns (final metrics, the objects built);
+    ``objects["interrupted"]``: Ctrl-C stopped the run (``last.ckpt`` saved, no ``final.ckpt``)."""
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path not found: {cfg.ckpt_path}")
     if cfg.get("seed") is not None:
@@ -89,6 +122,9 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model = hydra.utils.instantiate(cfg.model)
     resume = start_from(cfg, model, datamodule)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    for cb in callbacks:
+        if isinstance(cb, CheckpointOnStop) and cb.resume_command is None:
+            cb.resume_command = resume_command()
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     with open_dict(cfg):
         cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"))
@@ -102,8 +138,12 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("git %s; %s on a %s backbone, init=%s; output in %s", hparams["git_sha"], model.kind.upper(), arch, bb["init"], trainer.default_root_dir)
 
     trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume)
-    final = Path(trainer.default_root_dir) / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(final)
-    log.info("final checkpoint: %s", final)
+    stop = next((cb for cb in callbacks if isinstance(cb, CheckpointOnStop)), None)
+    interrupted = bool(stop is not None and stop.interrupted)
+    final = None
+    if not interrupted:
+        final = save_end_of_run(trainer, Path(trainer.default_root_dir) / "checkpoints", stop.saved if stop else None)
+        log.info("final checkpoint: %s", final)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "final_ckpt": final}
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "final_ckpt": final, "interrupted": interrupted}
+    return metrics, objects

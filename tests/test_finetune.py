@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from corrflow.data.vos_datamodule import max_skip_at
 from corrflow.finetune import finetune
@@ -162,3 +162,26 @@ def test_bootstrapped_cross_entropy_against_hand_computed_values():
     torch.testing.assert_close(boot(logits, target, step=0), per_pixel.mean())  # before the ramp
     torch.testing.assert_close(boot(logits, target, step=20), per_pixel.sort().values[1:].mean())  # top ceil(0.5*3) = 2
     assert boot.fraction(15) == pytest.approx(0.75)
+
+
+def test_a_resumed_run_writes_into_its_folder_only_when_it_is_the_same_stage(tmp_path):
+    run = tmp_path / "logs" / "stm" / "runs" / "r1"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"")
+    OmegaConf.save({"data": {"_target_": "corrflow.data.vos_datamodule.VOSClipDataModule"}}, run / ".hydra" / "config.yaml")
+
+    def hydra_node(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="finetune", return_hydra_config=True, overrides=[f"paths.log_dir={tmp_path / 'logs'}", *overrides])
+        GlobalHydra.instance().clear()
+        return cfg.hydra
+
+    same = hydra_node("experiment=stm", f"ckpt_path={ckpt}")
+    assert same.run.dir == str(run) and same.output_subdir.startswith(".hydra/resumed-")
+    other = hydra_node("experiment=stm_static", f"ckpt_path={ckpt}")  # static run from a video checkpoint: a new folder
+    assert other.run.dir.startswith(str(tmp_path / "logs" / "stm_static" / "runs")) and other.output_subdir == ".hydra"
+    fresh = hydra_node("experiment=stm")
+    assert fresh.run.dir.startswith(str(tmp_path / "logs" / "stm" / "runs")) and fresh.run.dir != str(run)
