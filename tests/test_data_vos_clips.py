@@ -7,6 +7,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from corrflow.data.vos import annotated_videos
 from corrflow.data.vos_clips import SampleReadError, VOSClipDataset
@@ -25,14 +26,14 @@ def test_frame_skip_stays_within_the_maximum(davis):
     for max_skip, allowed in ((0, {1}), (3, {1, 2, 3, 4})):
         seen = set()
         for _ in range(25):
-            item = ds[(0, max_skip)]  # the 30-frame video
+            item = ds[(0, None, max_skip)]  # the 30-frame video (no draw seed: the worker's random state)
             idx = item["frame_index"].tolist()
             assert len(idx) == 3 and item["max_skip"] == max_skip
             seen |= {b - a for a, b in zip(idx, idx[1:])}
         assert seen == allowed
     # a video too short for the skip: the gaps shrink to fit, the order stays
     for _ in range(20):
-        idx = ds[(1, 25)]["frame_index"].tolist()
+        idx = ds[(1, None, 25)]["frame_index"].tolist()
         assert idx == sorted(idx) and len(set(idx)) == 3 and idx[-1] <= 3
     item = ds[0]  # a plain index: the dataset's own maximum
     assert item["frames"].shape == (3, 3, 32, 32) and item["masks"].shape == (3, 32, 32)
@@ -46,20 +47,23 @@ def test_max_skip_schedule_from_the_global_step():
 
 def test_sampler_reads_the_schedule_as_it_hands_out_indices(davis):
     dm = VOSClipDataModule(root=str(davis), layout="davis", size=(32, 32), batch_size=2, num_workers=0, pin_memory=False,
-                           clips_per_video=3, max_skip={"start": 0, "end": 20, "ramp_steps": 100})  # fmt: skip
-    dm.trainer = SimpleNamespace(global_step=0)
+                           clips_per_video=3, max_skip={"start": 0, "end": 20, "ramp_steps": 4})  # fmt: skip
+    dm.trainer = SimpleNamespace(global_step=0, current_epoch=0, num_training_batches=3, accumulate_grad_batches=1, world_size=1, global_rank=0)
     dm.setup("fit")
     sampler = dm.train_dataloader().sampler
     assert isinstance(sampler, ScheduledSkipSampler) and len(sampler) == 6
     it = iter(sampler)
-    assert next(it)[1] == 0
-    dm.trainer.global_step = 50  # e.g. a run resumed at step 50
+    assert next(it)[2] == 0
+    dm.trainer.global_step = 2  # the schedule moves with the step, read as each key is handed out
     key = next(it)
-    assert key[1] == 10
-    assert dm.train_set[key]["max_skip"] == 10
-    sampler.set_epoch(1)
-    assert sorted(i for i, _ in sampler) == [0, 1, 2, 3, 4, 5]
-    # a batch through the loader
+    assert key[2] == 10 and dm.train_set[key]["max_skip"] == 10
+    # a run resumed at step 2 of epoch 0 skips the two batches it trained: the rest of the same order
+    full = [k[0] for k in ScheduledSkipSampler(dm.train_set, max_skip=lambda: 0, seed=0, batch_size=2)]
+    rest = [k[0] for k in iter(sampler)]
+    assert sorted(full) == [0, 1, 2, 3, 4, 5] and rest == full[4:]
+    # the same key draws the same item
+    a, b = dm.train_set[key], dm.train_set[key]
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["frame_index"], b["frame_index"])
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].shape == (2, 3, 3, 32, 32) and batch["max_skip"].tolist() == [10, 10]
 
@@ -70,7 +74,7 @@ def test_unreadable_samples_are_skipped_with_a_warning_and_counted(davis, caplog
     ds = VOSClipDataset(annotated_videos(davis, layout="davis"), size=(32, 32))
     random.seed(1)
     with caplog.at_level(logging.WARNING):
-        item = ds[(1, 0)]
+        item = ds[(1, None, 0)]
     assert item["skipped"] >= 1 and item["frames"].shape == (3, 3, 32, 32)
     assert "cannot read frame" in caplog.text and "short" in caplog.text
     only_bad = VOSClipDataset([v for v in annotated_videos(davis, layout="davis") if v.name == "short"], size=(32, 32))

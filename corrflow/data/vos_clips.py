@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from corrflow.data.vos import AnnotatedFrame, AnnotatedVideo, read_annotated
+from corrflow.utils.seeding import seeded_cpu_rng
 
 log = logging.getLogger(__name__)
 
@@ -91,29 +92,37 @@ def cover_size(hw: Sequence[int], size: Sequence[int], factor: float = 1.0) -> l
 
 class RetryingDataset(Dataset):
     """``__getitem__`` over ``make_item``, replacing unreadable samples (counted) and redrawing
-    unusable ones. Keys: an index, or ``(index, max_skip)`` as the schedule sampler yields them."""
+    unusable ones.
+
+    Keys: an index, ``(index, draw_seed)`` or ``(index, draw_seed, max_skip)`` as
+    :class:`corrflow.data.vos_datamodule.ScheduledSkipSampler` yields them. With a draw seed every
+    random draw of the item (frame positions, crops, transforms, replacements) comes from it, so
+    it is the same wherever and whenever the item is loaded (a resumed run draws what the
+    uninterrupted one would); without, from the worker's random state.
+    """
 
     max_retries = 20
 
     def make_item(self, index: int, *, max_skip: int | None, rng: random.Random) -> dict:
         raise NotImplementedError
 
-    def __getitem__(self, key: int | tuple[int, int | None]) -> dict:
-        index, max_skip = key if isinstance(key, tuple) else (key, None)
-        rng = random.Random(random.getrandbits(64))  # per item; `random` is seeded per worker
+    def __getitem__(self, key: int | tuple) -> dict:
+        index, draw_seed, max_skip = (*key, None, None)[:3] if isinstance(key, tuple) else (key, None, None)
+        seed = draw_seed if draw_seed is not None else random.getrandbits(63)
         skipped, last = 0, None
-        for _ in range(self.max_retries + 1):
-            try:
-                item = self.make_item(index, max_skip=max_skip, rng=rng)
-                item["skipped"] = skipped
-                return item
-            except Redraw:
-                pass
-            except SampleReadError as e:
-                skipped += 1
-                last = e
-                log.warning("skipping a training sample: %s", e)
-            index = rng.randrange(len(self))
+        with seeded_cpu_rng(seed) as rng:  # torch's draws (the v2 transforms) and Python's
+            for _ in range(self.max_retries + 1):
+                try:
+                    item = self.make_item(index, max_skip=max_skip, rng=rng)
+                    item["skipped"] = skipped
+                    return item
+                except Redraw:
+                    pass
+                except SampleReadError as e:
+                    skipped += 1
+                    last = e
+                    log.warning("skipping a training sample: %s", e)
+                index = rng.randrange(len(self))
         raise SampleReadError(f"{self.max_retries + 1} draws in a row gave no usable sample (last read error: {last})")
 
 

@@ -6,20 +6,22 @@ Batches: ``{"frames": (B, T, 3, h, w), "masks": (B, T, h, w) int64, "n_objects":
 
 The maximum skip is a function of the global step (:func:`max_skip_at`), read by the sampler in
 the main process as it hands out each index, so it follows training (and a resumed run) without
-reaching into the loader workers. Under DDP, Lightning wraps the sampler and reads a whole epoch
-of indices at its start: the skip then moves once an epoch.
+reaching into the loader workers (which prefetch a few batches: the skip they use may lag the step
+by that many). The order, its split across DDP ranks, its mid-epoch resumption and each item's
+random draws are pretraining's (:class:`~corrflow.data.sampling.ResumableClipSampler`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from corrflow.data.datamodule import worker_init
+from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader
 from corrflow.data.vos import LAYOUTS, annotated_videos, salient_frames
 from corrflow.data.vos_clips import VOSClipDataset
 from corrflow.data.vos_static import StaticClipDataset
@@ -36,23 +38,28 @@ def max_skip_at(step: int, *, start: int = 0, end: int = 25, ramp_steps: int) ->
     return int(round(linear_schedule(step, ramp_steps, start=start, end=end)))
 
 
-class ScheduledSkipSampler(Sampler):
-    """A fresh permutation of ``n_items`` each epoch (from ``seed`` and the epoch), each index
-    yielded as ``(index, max_skip())``, ``max_skip`` read at that moment."""
+class ScheduledSkipSampler(ResumableClipSampler):
+    """:class:`~corrflow.data.sampling.ResumableClipSampler` (a (seed, epoch) permutation split
+    across DDP ranks, resumable mid-epoch, a draw seed per item) with the current maximum skip
+    appended to each key: ``(index, draw_seed, max_skip())``, read as the key is handed out."""
 
-    def __init__(self, n_items: int, *, max_skip: Callable[[], int | None], seed: int = 0) -> None:
-        self.n_items, self.max_skip, self.seed, self.epoch = n_items, max_skip, seed, 0
+    def __init__(self, dataset: Sized, *, max_skip: Callable[[], int | None], **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.max_skip = max_skip
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __iter__(self) -> Iterator[tuple[int, int, int | None]]:
+        for index, draw_seed in super().__iter__():
+            yield index, draw_seed, self.max_skip()
 
-    def __len__(self) -> int:
-        return self.n_items
 
-    def __iter__(self) -> Iterator[tuple[int, int | None]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        for i in torch.randperm(self.n_items, generator=g).tolist():
-            yield i, self.max_skip()
+def trainer_progress(trainer) -> tuple[int, int]:
+    """(epoch, batches of it already trained) of a fitting trainer ((0, 0) without one)."""
+    if trainer is None:
+        return 0, 0
+    batches, accumulate = trainer.num_training_batches, trainer.accumulate_grad_batches
+    if not isinstance(batches, int) or batches <= 0:
+        return trainer.current_epoch, 0
+    return trainer.current_epoch, (trainer.global_step - trainer.current_epoch * -(-batches // accumulate)) * accumulate
 
 
 class _SegmentationDataModule(pl.LightningDataModule):
@@ -81,14 +88,25 @@ class _SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        return DataLoader(
+        trainer = self.trainer
+        sampler = ScheduledSkipSampler(
+            self.train_set,
+            max_skip=self.current_max_skip,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            progress=lambda: trainer_progress(self.trainer),
+        )
+        return ResumableDataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            sampler=ScheduledSkipSampler(len(self.train_set), max_skip=self.current_max_skip, seed=self.seed),
+            sampler=sampler,
             drop_last=True,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init if self.num_workers > 0 else None,
         )
 
 
