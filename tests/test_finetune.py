@@ -185,3 +185,15 @@ def test_a_resumed_run_writes_into_its_folder_only_when_it_is_the_same_stage(tmp
     assert other.run.dir.startswith(str(tmp_path / "logs" / "stm_static" / "runs")) and other.output_subdir == ".hydra"
     fresh = hydra_node("experiment=stm")
     assert fresh.run.dir.startswith(str(tmp_path / "logs" / "stm" / "runs")) and fresh.run.dir != str(run)
+
+
+@pytest.mark.parametrize(("preset", "widths"), [("stm", (128, 512, 256)), ("stm_narrow", (32, 64, 32))])
+def test_model_presets_instantiate(tmp_path, preset, widths):
+    import hydra
+
+    cfg = compose_finetune_cfg(tmp_path, [f"model={preset}", "model.backbone.arch=crw"])
+    module = hydra.utils.instantiate(cfg.model)
+    net = module.net
+    assert (net.query_key.out_channels, net.query_value.out_channels, net.decoder.pred.in_channels) == widths
+    assert module.optimizer_factory.keywords["lr"] == 1e-5 and module.loss.top_p == 1.0
+    assert net.memory_encoder.extra_in_channels == 2 and net.query_encoder.freeze_bn
