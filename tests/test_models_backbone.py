@@ -208,3 +208,18 @@ def test_random_lite0_and_gradients():
     assert {s: tuple(f.shape) for s, f in feats.items()} == {4: (2, 24, 8, 8), 8: (2, 40, 4, 4), 16: (2, 112, 2, 2)}
     feats[16].mean().backward()
     assert bb.encoder.conv_stem.weight.grad.abs().sum() > 0
+
+
+def test_stride_range_is_configurable():
+    """More maps on request (OSVOS-style side outputs): strides 2 .. 32 where the network has them."""
+    bb = SegmentationBackbone(arch="corrflow", finest_stride=2, min_stride=16, max_stride=32)
+    assert bb.strides == (2, 4, 8, 16) and bb.channels == {2: 64, 4: 64, 8: 64, 16: 64}  # 8, 16 pooled
+    feats = bb(torch.rand(1, 3, 32, 32))
+    assert {s: tuple(f.shape[-2:]) for s, f in feats.items()} == {2: (16, 16), 4: (8, 8), 8: (4, 4), 16: (2, 2)}
+    resnet18 = SegmentationBackbone(arch={"maxpool": True, "layer_strides": [2, 2, 2], "layer4_channels": 512, "out_channels": None}, max_stride=32)
+    assert resnet18.strides == (4, 8, 16, 32) and resnet18.channels == {4: 64, 8: 128, 16: 256, 32: 512}
+    assert SegmentationBackbone(arch="crw", min_stride=8).strides == (4, 8)
+    with pytest.raises(ValueError, match="no stride-2 map"):
+        SegmentationBackbone(arch="crw", finest_stride=2)
+    with pytest.raises(ValueError, match="finest_stride <= min_stride <= max_stride"):
+        SegmentationBackbone(min_stride=16, max_stride=8)

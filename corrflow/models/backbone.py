@@ -5,8 +5,8 @@ offline ImageNet EfficientNet-Lite0, behind one interface.
 ``backbone(image, extra=None)`` maps ``image`` (B, 3, H, W) RGB in [0, 1] (and, when the backbone
 was built with ``extra_in_channels=E``, ``extra`` (B, E, H, W), e.g. STM's object and other-objects
 masks) to ``{stride: (B, channels[stride], H / stride, W / stride)}`` for every stride in
-``backbone.strides`` (ascending; 4, 8 and 16 where the network reaches it). H and W must be
-multiples of ``backbone.stride``, the coarsest stride.
+``backbone.strides`` (ascending; by default 4, 8 and 16 where the network reaches it, any of 2 ..
+32 on request). H and W must be multiples of ``backbone.stride``, the coarsest stride.
 
 Which map is handed out at a stride: the last one the network computes at that stride. Maps
 coarser than ``max_stride`` are not computed (their layers are dropped). An encoder that stops
@@ -41,7 +41,7 @@ __all__ = ["INITS", "SegmentationBackbone", "checkpoint_kind", "load_state_exact
 RESNET_ARCHS = {"corrflow": corrflow_encoder, "crw": crw_encoder}
 LITE0 = "lite0"
 INITS = ("random", "imagenet", "<path to a corrflow pretraining .ckpt>")
-_STRIDES = (4, 8, 16)
+_STRIDES = (2, 4, 8, 16, 32)
 _PROBE = 64  # the side of the input used to measure each stage's stride
 
 
@@ -58,6 +58,7 @@ class SegmentationBackbone(nn.Module):
             error names the layers that do not. For random: 'corrflow', 'crw', 'lite0' or a
             ``ResNetEncoder`` config dict.
         extra_in_channels: channels of the ``extra`` input (0: none); see the module docstring.
+        finest_stride: the finest map handed out (2, 4, ...; the network must compute one there).
         min_stride: the coarsest map is at least at this stride (pooled when the network stops
             earlier).
         max_stride: maps coarser than this are not computed.
@@ -82,14 +83,17 @@ class SegmentationBackbone(nn.Module):
         init: str | os.PathLike = "random",
         arch: str | Mapping[str, Any] | None = None,
         extra_in_channels: int = 0,
+        finest_stride: int = 4,
         min_stride: int = 8,
         max_stride: int = 16,
         freeze_bn: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if min_stride not in _STRIDES or max_stride not in _STRIDES or min_stride > max_stride:
-            raise ValueError(f"min_stride and max_stride must be in {_STRIDES} with min <= max, got {min_stride} and {max_stride}")
+        if not {finest_stride, min_stride, max_stride} <= set(_STRIDES) or not finest_stride <= min_stride <= max_stride:
+            raise ValueError(
+                f"finest_stride <= min_stride <= max_stride must be strides in {_STRIDES}, got {finest_stride}, {min_stride} and {max_stride}"
+            )
         if extra_in_channels < 0:
             raise ValueError(f"extra_in_channels must be >= 0, got {extra_in_channels}")
         init = str(init)
@@ -100,6 +104,7 @@ class SegmentationBackbone(nn.Module):
         self.config: dict[str, Any] = {
             "arch": arch_desc,
             "extra_in_channels": int(extra_in_channels),
+            "finest_stride": int(finest_stride),
             "min_stride": int(min_stride),
             "max_stride": int(max_stride),
             "freeze_bn": self.freeze_bn,
@@ -122,9 +127,13 @@ class SegmentationBackbone(nn.Module):
 
         # Each stage's output stride, measured; the taps are the last stage at each stride.
         stage_strides = self._probe_strides(stages)
-        taps = {s: max(i for i, t in enumerate(stage_strides) if t == s) for s in _STRIDES if s <= max_stride and s in stage_strides}
-        if 4 not in taps:
-            raise ValueError(f"the network has no stride-4 map (its stages reach strides {stage_strides})")
+        taps = {
+            s: max(i for i, t in enumerate(stage_strides) if t == s)
+            for s in _STRIDES
+            if finest_stride <= s <= max_stride and s in stage_strides
+        }
+        if finest_stride not in taps:
+            raise ValueError(f"the network has no stride-{finest_stride} map (its stages end at strides {stage_strides})")
         last = max(taps.values())
         if isinstance(self.encoder, _Lite0Trunk):
             del self.encoder.blocks[last + 1 :]
@@ -152,6 +161,7 @@ class SegmentationBackbone(nn.Module):
             init="random",
             arch=config["arch"],
             extra_in_channels=config["extra_in_channels"],
+            finest_stride=config.get("finest_stride", 4),
             min_stride=config["min_stride"],
             max_stride=config["max_stride"],
             freeze_bn=config["freeze_bn"],
