@@ -5,10 +5,12 @@ import hydra
 from omegaconf import DictConfig
 
 from corrflow.finetune import finetune
+from corrflow.utils.cli import user_errors
 from corrflow.utils.pylogger import setup_logging
 
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     setup_logging()
     finetune(cfg)
