@@ -12,8 +12,9 @@ from PIL import Image
 from corrflow.evaluation import DAVISScores, evaluate_davis
 from corrflow.metrics.davis import score_davis_sequence
 from corrflow.utils.io import write_indexed_png
+from tests.helpers.shared_data import shared_path, skip_if_missing
 
-REAL_DAVIS = Path("/work/shared/data/davis2016-dev")
+REAL_DAVIS = shared_path("davis2016-dev")
 
 
 def make_sequence(t=5, h=12, w=16):
@@ -248,7 +249,7 @@ def test_progress_prints_the_tables(tree, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REAL_DAVIS / "Annotations").is_dir(), reason="shared DAVIS-2016 dev data absent")
+@skip_if_missing(REAL_DAVIS / "Annotations", what="shared DAVIS-2016 dev data")
 def test_real_davis2016_ground_truth_against_itself(tmp_path):
     scores = evaluate_davis(
         REAL_DAVIS / "Annotations" / "480p", REAL_DAVIS, split="dev", year="2016", output_dir=tmp_path, progress=False
