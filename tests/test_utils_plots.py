@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from corrflow.utils.plots import read_metrics_csv, plot_training_curves
+from corrflow.utils.plots import plot_training_curves, read_metrics_csv
 
 
 def test_reads_lightning_csv_and_plots(tmp_path):

@@ -13,8 +13,8 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from corrflow.data.clips import ClipDataset
-from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader
 from corrflow.data.samples import sample_video_dir
+from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader
 from corrflow.data.sources import VideoSource, discover_sources
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ use it instead of a worker's global RNG, so those draws resume too.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sized
-
 from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
