@@ -180,6 +180,16 @@ def save_end_of_run(trainer: pl.Trainer, folder: Path, last: Path | None) -> Pat
     return final
 
 
+def fit_logging_interval(trainer: pl.Trainer, datamodule) -> None:
+    """Log at least once an epoch: on a small data set (the sample videos give 8 steps an epoch)
+    ``trainer.log_every_n_steps`` is lowered to the steps in an epoch."""
+    datamodule.setup("fit")
+    per_epoch = len(datamodule.train_set) // (datamodule.batch_size * trainer.world_size)
+    if 0 < per_epoch < trainer.log_every_n_steps:
+        log.info("logging every %d steps (an epoch) instead of every %d", per_epoch, trainer.log_every_n_steps)
+        trainer.log_every_n_steps = per_epoch
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train CorrFlow as configured. Returns (final metrics, the objects built).
 
@@ -202,6 +212,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     with open_dict(cfg):
         cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    fit_logging_interval(trainer, datamodule)
 
     hparams = {"config": OmegaConf.to_container(cfg, resolve=True), "git_sha": git_sha()}
     for lg in trainer.loggers:

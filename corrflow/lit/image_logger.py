@@ -29,7 +29,11 @@ def label_panel(grid: torch.Tensor, *, row_labels: list[str], col_labels: list[s
             ``cell`` = (h, w) images, ``padding`` pixels apart.
     Returns: (3, H + top, W + left) in [0, 1], white margins, black text.
     """
-    font = ImageFont.load_default()
+    h, w = cell
+    try:  # a scalable font sized to the cells (Pillow >= 10.1), else Pillow's small bitmap font
+        font = ImageFont.load_default(size=min(24, max(10, h // 14)))
+    except TypeError:
+        font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(probe.textbbox((0, 0), t, font=font)[2] for t in [*row_labels, *col_labels])
     text_h = max(probe.textbbox((0, 0), t, font=font)[3] for t in [*row_labels, *col_labels])
@@ -38,7 +42,6 @@ def label_panel(grid: torch.Tensor, *, row_labels: list[str], col_labels: list[s
     canvas = Image.new("RGB", (image.width + left, image.height + top), "white")
     canvas.paste(image, (left, top))
     draw = ImageDraw.Draw(canvas)
-    h, w = cell
     for i, text in enumerate(row_labels):
         y = top + padding + i * (h + padding) + h // 2 - text_h // 2
         draw.text((4, y), text, fill="black", font=font)
