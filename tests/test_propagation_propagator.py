@@ -162,10 +162,11 @@ def _held_tensors(obj, seen=None):
 
 
 def _live_tensors():
-    """Every tensor the interpreter holds (``type`` rather than ``isinstance``: lazy modules
-    answer ``__class__`` with a warning)."""
+    """Every plain tensor the interpreter holds. ``type`` rather than ``isinstance``: lazy modules
+    answer ``__class__`` with a warning; plain rather than subclasses: the fake tensors that
+    ``torch.compile`` leaves in its caches have no data to measure."""
     gc.collect()
-    return (o for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
+    return (o for o in gc.get_objects() if type(o) in (torch.Tensor, nn.Parameter) and o.layout == torch.strided)
 
 
 def _memory_over_a_video(prop: LabelPropagator, *, n_frames: int, at: tuple[int, ...]) -> tuple[list[int], list[int]]:
