@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from corrflow.data.clips import ClipDataset
 from corrflow.data.samples import sample_video_dir
-from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader
+from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader, trainer_progress
 from corrflow.data.sources import VideoSource, discover_sources
 
 log = logging.getLogger(__name__)
@@ -77,19 +77,6 @@ class CorrFlowDataModule(pl.LightningDataModule):
                     "lower data.batch_size, add videos, or use data.sampling=random with more data.clips_per_video"
                 )
 
-    def _progress(self) -> tuple[int, int]:
-        """(epoch, batches of it already trained) from the attached trainer, for the sampler."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        epoch = trainer.current_epoch
-        batches = trainer.num_training_batches
-        accumulate = trainer.accumulate_grad_batches
-        if not isinstance(batches, int) or batches <= 0:
-            return epoch, 0
-        steps_per_epoch = -(-batches // accumulate)
-        return epoch, (trainer.global_step - epoch * steps_per_epoch) * accumulate
-
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         trainer = self.trainer
@@ -99,7 +86,7 @@ class CorrFlowDataModule(pl.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             seed=self.seed,
             batch_size=self.batch_size,
-            progress=self._progress,
+            progress=lambda: trainer_progress(self.trainer),
         )
         return ResumableDataLoader(
             self.train_set,

@@ -21,6 +21,19 @@ from corrflow.utils.seeding import derive_seed
 Progress = Callable[[], tuple[int, int]]
 
 
+def trainer_progress(trainer) -> tuple[int, int]:
+    """(epoch, batches of it already trained) of a fitting Lightning trainer, (0, 0) without one:
+    what a ``ResumableClipSampler`` reads when an epoch's iteration starts. Derived from the
+    restored step count, so it is right after a resume from any step, mid-epoch included."""
+    if trainer is None:
+        return 0, 0
+    epoch, batches, accumulate = trainer.current_epoch, trainer.num_training_batches, trainer.accumulate_grad_batches
+    if not isinstance(batches, int) or batches <= 0:
+        return epoch, 0
+    steps_per_epoch = -(-batches // accumulate)
+    return epoch, (trainer.global_step - epoch * steps_per_epoch) * accumulate
+
+
 class ResumableClipSampler(DistributedSampler):
     """Yields ``(index, draw_seed)`` keys.
 

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from corrflow.data.datamodule import worker_init
-from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader
+from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader, trainer_progress
 from corrflow.data.vos import LAYOUTS, annotated_videos, salient_frames
 from corrflow.data.vos_clips import VOSClipDataset
 from corrflow.data.vos_static import StaticClipDataset
@@ -50,16 +50,6 @@ class ScheduledSkipSampler(ResumableClipSampler):
     def __iter__(self) -> Iterator[tuple[int, int, int | None]]:
         for index, draw_seed in super().__iter__():
             yield index, draw_seed, self.max_skip()
-
-
-def trainer_progress(trainer) -> tuple[int, int]:
-    """(epoch, batches of it already trained) of a fitting trainer ((0, 0) without one)."""
-    if trainer is None:
-        return 0, 0
-    batches, accumulate = trainer.num_training_batches, trainer.accumulate_grad_batches
-    if not isinstance(batches, int) or batches <= 0:
-        return trainer.current_epoch, 0
-    return trainer.current_epoch, (trainer.global_step - trainer.current_epoch * -(-batches // accumulate)) * accumulate
 
 
 class _SegmentationDataModule(pl.LightningDataModule):
