@@ -16,6 +16,23 @@ from tests.helpers.synthetic import write_frame_folder
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def caches_in_tmp(tmp_path_factory):
+    """torch.compile's kernel cache and matplotlib's font cache go into the session's pytest
+    folder (removed with it), not into $TMPDIR/torchinductor_<user> or ~/.cache."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR")}
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchinductor"))
+    os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("matplotlib"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture
 def one_thread():
     """Tiny inputs: one torch thread is faster, and immune to a busy machine's oversubscription.
