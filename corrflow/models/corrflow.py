@@ -101,8 +101,12 @@ class CorrFlow(nn.Module):
         return F.interpolate(up, size=pred.shape[-2:], mode="bilinear", align_corners=False)
 
     def colourise(self, target_feats: Tensor, ref_feats: Tensor, ref_colours: Tensor) -> Tensor:
-        """target (B, C, h, w), reference (B, C, h, w), colours (B, K, h, w) -> (B, K, h, w)."""
-        return self.attention(target_feats, ref_feats[:, None], ref_colours[:, None].to(ref_feats.dtype))
+        """target (B, C, h, w), reference (B, C, h, w), colours (B, K, h, w) -> (B, K, h, w).
+
+        The colours keep at least their own precision (never cast down to bf16 features' dtype
+        under autocast): the attention computes in float32 whatever its inputs' dtype."""
+        colours = ref_colours.to(torch.promote_types(ref_feats.dtype, ref_colours.dtype))
+        return self.attention(target_feats, ref_feats[:, None], colours[:, None])
 
     def upsample(self, pred: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(pred.float(), size=size, mode="bilinear", align_corners=False)
