@@ -1,8 +1,10 @@
-"""Propagate first-frame labels through videos, write, score and draw the results.
+"""Propagate first-frame labels through videos (or segment them with a trained segmenter), write,
+score and draw the results.
 
     python tools/propagate.py task=davis features=checkpoint ckpt=path/to/last.ckpt
     python tools/propagate.py task=davis2016 data.root=/data/DAVIS task.dataset.split=val features=lab
     python tools/propagate.py task=jhmdb protocol=corrflow features=random data.root=/data/JHMDB
+    python tools/propagate.py task=davis method=stm ckpt=<finetune run>/checkpoints/final.ckpt
 
 See conf/propagate.yaml; the work is done by corrflow.propagation.run.propagate.
 """

@@ -34,8 +34,9 @@ def load_encoder(
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a corrflow checkpoint (no ``corrflow`` entry) or its weights
-            do not fit the encoder it describes.
+        ValueError: the file is not a corrflow checkpoint (no ``corrflow`` entry), is a segmenter's
+            (``corrflow.kind``: the message names the kind), or its weights do not fit the encoder
+            it describes.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,6 +46,13 @@ def load_encoder(
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({e})") from e
     meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
+    if isinstance(meta, dict) and "encoder" not in meta and "kind" in meta:
+        kind = str(meta["kind"])
+        raise ValueError(
+            f"{path} is an {kind.upper()} segmenter checkpoint (tools/finetune.py), not a corrflow training checkpoint "
+            f"(tools/train.py) with an encoder: pass one of those here; segment videos with this one by "
+            f"`tools/propagate.py method={kind} ckpt={path}`"
+        )
     if not isinstance(meta, dict) or "encoder" not in meta:
         raise ValueError(
             f"{path}: not a corrflow training checkpoint (no 'corrflow' entry with an encoder description); "

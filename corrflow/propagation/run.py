@@ -1,6 +1,10 @@
 """``propagate(cfg)``: propagate the first frame's labels through every video of a task, write
 the predictions, score them, draw them. ``tools/propagate.py`` is its Hydra entry point.
 
+What runs on each video is the ``method`` config's per-video segmenter
+(:mod:`corrflow.propagation.methods`): label propagation (the default) or a trained segmenter
+(``method=stm``); the reading, writing, scoring, drawing and resuming below are the same for all.
+
 Output, under ``cfg.output_dir``::
 
     results/<seq>/%05d.png | results/<seq>.npz   predictions (see corrflow.propagation.targets)
@@ -10,8 +14,8 @@ Output, under ``cfg.output_dir``::
     runs/<time>/config.yaml                       the resolved config of each run that propagated a video
     config.yaml                                   a copy of the latest of those
 
-Inputs are checked before anything is written: the dataset is found and not empty, the features
-(and their checkpoint) load, and the annotations of every video still to do are read and checked.
+Inputs are checked before anything is written: the dataset is found and not empty, the method
+(its features, its checkpoint) loads, and the annotations of every video still to do are read and checked.
 A run that fails there leaves the folder as it was. A run that propagates at least one video
 records its config in a new ``runs/<time>/`` folder first, and each ``.done`` file names that
 folder, so every finished sequence keeps a record of the config that made it.
@@ -36,12 +40,24 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-__all__ = ["fingerprint", "propagate", "resolve_device"]
+__all__ = ["fingerprint", "propagate", "register_resolvers", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
 DONE_SUFFIX = ".done"
 RUNS_DIR = "runs"
+
+
+def register_resolvers() -> None:
+    """``corrflow_checkpoint_tag`` for the output folder names in conf/method/*.yaml
+    (:func:`corrflow.propagation.methods.checkpoint_tag`)."""
+    from corrflow.propagation.methods import checkpoint_tag
+
+    if not OmegaConf.has_resolver("corrflow_checkpoint_tag"):
+        OmegaConf.register_new_resolver("corrflow_checkpoint_tag", checkpoint_tag)
+
+
+register_resolvers()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,8 +78,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    """A short hash of what decides a video's predictions: data, protocol, features, checkpoint."""
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "protocol", "features")}
+    """A short hash of what decides a video's predictions: the data, the checkpoint, and the config
+    entries the method names in ``method.fingerprint_keys`` (label propagation: protocol and features)."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", *cfg.method.fingerprint_keys)}
     ckpt = cfg.get("ckpt")
     if ckpt:
         stat = os.stat(ckpt) if os.path.isfile(ckpt) else None
@@ -128,16 +145,18 @@ def _record_run(out: Path, cfg: DictConfig, key: str) -> str:
     return name
 
 
-def _propagate_video(video, *, propagator, targets, results_dir: Path, recorder, progress: bool) -> int:
-    """Propagate one video, writing its predictions; returns the number of frames processed."""
-    session = targets.start(video, stride=propagator.stride, results_dir=results_dir)
+def _propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, progress: bool) -> int:
+    """Segment one video with the method's per-video ``segmenter`` (a
+    :class:`~corrflow.propagation.methods.VideoSegmenter`), writing its predictions; returns the
+    number of frames processed."""
+    session = targets.start(video, stride=segmenter.stride, results_dir=results_dir)
     frames = video.frames(session.start)
     total = len(video) - session.start
     if progress:
         frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
     for t, frame in enumerate(frames, start=session.start):
         image = session.prepare(torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0))  # (3, H, W)
-        pred = propagator.step(image, session.labels if t == session.start else None)
+        pred = segmenter.step(image, session.labels if t == session.start else None)
         decoded = session.emit(t, pred)
         if recorder is not None and recorder.wants(t):
             recorder.add(t, session.draw(frame, decoded))
@@ -156,7 +175,7 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     cells = [[_cell(r.get(k)) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    line = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    line = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths, strict=True)))  # noqa: E731
     return "\n".join([line(keys), line(["-" * w for w in widths]), *(line(c) for c in cells)])
 
 
@@ -168,27 +187,33 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _describe(segmenter) -> str:
+    features = getattr(segmenter, "features", None)
+    return f"{type(segmenter).__name__} on {type(features).__name__}" if features is not None else type(segmenter).__name__
+
+
 def propagate(cfg: DictConfig) -> dict[str, Any]:
-    """Propagate, write, score and draw every video of ``cfg.task``.
+    """Segment (by the ``method``: label propagation, STM), write, score and draw every video of ``cfg.task``.
 
     Returns:
         ``{"output_dir", "results_dir", "sequences": [per-sequence rows], "scores": {metric: value} | None,
-        "skipped": [names resumed from an earlier run]}``.
+        "skipped": [names resumed from an earlier run], "seconds_per_frame": over the rows' videos
+        (each timed when it was segmented, the given first frame included)}``.
     """
     out = Path(cfg.output_dir)
     results_dir, overlays_dir, scores_dir = out / "results", out / "overlays", out / "scores"
     if cfg.get("seed") is not None:
         torch.manual_seed(int(cfg.seed))
 
-    # Inputs first: nothing is written before the data, the features and the annotations are checked.
-    log.info("propagate: task=%s protocol=%s features=%s -> %s", cfg.task.name, cfg.protocol.name, cfg.features.name, out)
+    # Inputs first: nothing is written before the data, the method and the annotations are checked.
+    method = str(cfg.method.name)
+    log.info("propagate: task=%s method=%s -> %s", cfg.task.name, method, out)
     device = resolve_device(str(cfg.device))
     dataset = instantiate(cfg.task.dataset)
     if len(dataset) == 0:
         raise ValueError(f"task={cfg.task.name}: no videos under data.root={cfg.data.root}")
     targets = instantiate(cfg.task.targets)
-    features = instantiate(cfg.features.extractor).to(device).eval()
-    propagator = instantiate(cfg.protocol.propagator)(features, device=device, harden=targets.harden)
+    segmenter = instantiate(cfg.method.segmenter)(device=device, targets=targets)  # a per-video VideoSegmenter
     recorder_factory = instantiate(cfg.overlay) if cfg.get("overlay") else None
     key = fingerprint(cfg)
     progress = bool(cfg.get("progress", True))
@@ -200,8 +225,8 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
             done_before[video.name] = record
         else:
             targets.check(video)
-    log.info("%d videos (%d finished earlier); features %s (stride %d) on %s; config fingerprint %s", len(dataset),
-             len(done_before), type(features).__name__, propagator.stride, device, key)  # fmt: skip
+    log.info("%d videos (%d finished earlier); %s (labels at stride %d) on %s; config fingerprint %s", len(dataset),
+             len(done_before), _describe(segmenter), segmenter.stride, device, key)  # fmt: skip
 
     run_name = _record_run(out, cfg, key) if len(done_before) < len(dataset) else None
     if run_name is not None:
@@ -223,7 +248,7 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
             recorder = recorder_factory(n_frames=len(video)) if recorder_factory else None
             t0 = time.perf_counter()
             n = _propagate_video(
-                video, propagator=propagator, targets=targets, results_dir=results_dir, recorder=recorder, progress=progress
+                video, segmenter=segmenter, targets=targets, results_dir=results_dir, recorder=recorder, progress=progress
             )
             seconds = time.perf_counter() - t0
             if recorder is not None:
@@ -231,9 +256,11 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
                 recorder.save(stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".gif"))
             record = {"fingerprint": key, "frames": n, "seconds": round(seconds, 3), "run": f"{RUNS_DIR}/{run_name}"}
             _write_done(done, record)  # last: marks the sequence finished
-            log.info("%s: %d frames in %.1f s (%.2f frames/s)", video.name, n, seconds, n / max(seconds, 1e-9))
-        rows.append({"sequence": video.name, "frames": record["frames"], "seconds": float(record["seconds"]),
-                     "fps": record["frames"] / max(float(record["seconds"]), 1e-9)})  # fmt: skip
+            log.info("%s: %d frames in %.1f s (%.3f s a frame, %.2f frames/s)", video.name, n, seconds, seconds / max(n, 1),
+                     n / max(seconds, 1e-9))  # fmt: skip
+        frames, secs = int(record["frames"]), float(record["seconds"])
+        rows.append({"sequence": video.name, "frames": frames, "seconds": secs, "fps": frames / max(secs, 1e-9),
+                     "s/frame": secs / max(frames, 1)})  # fmt: skip
 
     scores = _score(cfg, targets, dataset, results_dir, scores_dir) if cfg.get("score", True) else None
     per_seq = targets.per_sequence(scores) if scores is not None else {}
@@ -243,6 +270,9 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
     table = _format_table(rows)
     if summary:
         table += "\n" + "  ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, (int, float)))
+    total_frames, total_seconds = sum(r["frames"] for r in rows), sum(r["seconds"] for r in rows)
+    seconds_per_frame = total_seconds / max(total_frames, 1)
+    table += f"\nmethod={method}: {total_frames} frames in {total_seconds:.1f} s, {seconds_per_frame:.3f} s a frame"
     print(table)
     return {
         "output_dir": str(out),
@@ -250,4 +280,5 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
         "sequences": rows,
         "scores": {k: float(v) for k, v in summary.items() if isinstance(v, (int, float, np.floating))} if summary else None,
         "skipped": skipped,
+        "seconds_per_frame": seconds_per_frame,
     }

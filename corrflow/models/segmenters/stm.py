@@ -249,13 +249,44 @@ class STMInference:
         return mem
 
     @torch.no_grad()
+    def start(self, frame: Tensor, objects: Tensor, *, object_ids: list[int] | None = None) -> Tensor:
+        """Start a video (forgetting the previous one) from its first frame and its objects' masks.
+
+        Args:
+            frame: (3, H, W) RGB in [0, 1].
+            objects: (N, H, W) the N >= 1 objects' masks in [0, 1] (one-hot, or soft).
+            object_ids: the objects' ids, in channel order (default 1..N).
+
+        Returns:
+            (N + 1, H, W): background (1 - the sum of the masks) and ``objects``.
+        """
+        self.net.eval()
+        image = frame.to(self.device, torch.float32)[None]
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"frame must be (3, H, W), got {tuple(frame.shape)}")
+        if objects.ndim != 3 or objects.shape[0] < 1 or objects.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"objects must be (N >= 1, H, W) for a frame of {tuple(image.shape[-2:])}, got {tuple(objects.shape)}")
+        ids = list(range(1, objects.shape[0] + 1)) if object_ids is None else [int(i) for i in object_ids]
+        if len(ids) != objects.shape[0]:
+            raise ValueError(f"{len(ids)} object ids for {objects.shape[0]} masks")
+        self.reset()
+        self.object_ids = ids
+        fg = objects.to(self.device, torch.float32)[None]  # (1, N, H, W)
+        probs = torch.cat([1 - fg.sum(dim=1, keepdim=True), fg], dim=1)[0]
+        key, value = self.net.encode_memory(image, fg)
+        self._first = (0, key, value)
+        self._t = 1
+        return probs
+
+    @torch.no_grad()
     def step(self, frame: Tensor, mask: Tensor | np.ndarray | None = None) -> Tensor:
         """Feed the next frame.
 
         Args:
             frame: (3, H, W) RGB in [0, 1].
             mask: the first frame's (H, W) integer id map (0 background, 255 void, the other
-                values the objects); None for the frames to segment.
+                values the objects), which starts the video (as :meth:`start` with its one-hot
+                masks); None for the frames to segment.
 
         Returns:
             (N + 1, H, W) probabilities (background first; channel i is ``object_ids[i - 1]``):
@@ -269,16 +300,10 @@ class STMInference:
             ids_map = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask).to(self.device).long()
             if ids_map.shape != image.shape[-2:]:
                 raise ValueError(f"mask is {tuple(ids_map.shape)} but the frame is {tuple(image.shape[-2:])}")
-            self.reset()
-            self.object_ids = [int(i) for i in torch.unique(ids_map).tolist() if i not in (0, VOID_ID)]
-            if not self.object_ids:
+            ids = [int(i) for i in torch.unique(ids_map).tolist() if i not in (0, VOID_ID)]
+            if not ids:
                 raise ValueError("the first frame's mask holds no object (only ids 0 and 255)")
-            fg = torch.stack([(ids_map == i).float() for i in self.object_ids])[None]  # (1, N, H, W)
-            probs = torch.cat([1 - fg.sum(dim=1, keepdim=True), fg], dim=1)[0]
-            key, value = self.net.encode_memory(image, fg)
-            self._first = (0, key, value)
-            self._t = 1
-            return probs
+            return self.start(frame, torch.stack([(ids_map == i).float() for i in ids]), object_ids=ids)
         if self._first is None:
             raise RuntimeError("the first step of a video needs its mask: step(frame, mask)")
         mem = self._memory()
