@@ -1,4 +1,9 @@
-"""Train CorrFlow: ``python tools/train.py experiment=corrflow [key=value ...]``."""
+"""Train CorrFlow: ``python tools/train.py experiment=corrflow [key=value ...]``.
+
+Exit status 130 when Ctrl-C stopped the run (its last.ckpt saved, the resume command printed).
+"""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -12,7 +17,9 @@ from corrflow.utils.pylogger import setup_logging
 @user_errors
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    train(cfg)
+    _, objects = train(cfg)
+    if objects["interrupted"]:
+        sys.exit(130)
 
 
 if __name__ == "__main__":
