@@ -29,7 +29,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from corrflow.lit.checkpoint_on_stop import CheckpointOnStop
 from corrflow.models.backbone import load_state_exactly
-from corrflow.train import git_sha, resolve_precision, resume_command, resumed_run_dir, save_end_of_run
+from corrflow.train import (
+    fit_and_finish,
+    git_sha,
+    resolve_precision,
+    resume_command,
+    resumed_run_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +143,4 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     arch = bb["arch"] if isinstance(bb["arch"], str) else f"ResNet (stride {model.net.query_encoder.stride})"
     log.info("git %s; %s on a %s backbone, init=%s; output in %s", hparams["git_sha"], model.kind.upper(), arch, bb["init"], trainer.default_root_dir)
 
-    trainer.fit(model=model, datamodule=datamodule, ckpt_path=resume)
-    stop = next((cb for cb in callbacks if isinstance(cb, CheckpointOnStop)), None)
-    interrupted = bool(stop is not None and stop.interrupted)
-    final = None
-    if not interrupted:
-        final = save_end_of_run(trainer, Path(trainer.default_root_dir) / "checkpoints", stop.saved if stop else None)
-        log.info("final checkpoint: %s", final)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "final_ckpt": final, "interrupted": interrupted}
-    return metrics, objects
+    return fit_and_finish(cfg, trainer, model, datamodule, callbacks, ckpt_path=resume)

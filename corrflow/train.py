@@ -180,6 +180,23 @@ def save_end_of_run(trainer: pl.Trainer, folder: Path, last: Path | None) -> Pat
     return final
 
 
+def fit_and_finish(
+    cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule, datamodule, callbacks: list, *, ckpt_path: str | None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """``trainer.fit``, then ``final.ckpt`` unless Ctrl-C stopped the run (``CheckpointOnStop``).
+    Shared by pretraining and fine-tuning. Returns (final metrics, the objects built)."""
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+    stop = next((cb for cb in callbacks if isinstance(cb, CheckpointOnStop)), None)
+    interrupted = bool(stop is not None and stop.interrupted)
+    final = None
+    if not interrupted:
+        final = save_end_of_run(trainer, Path(trainer.default_root_dir) / "checkpoints", stop.saved if stop else None)
+        log.info("final checkpoint: %s (also last.ckpt)", final)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "final_ckpt": final, "interrupted": interrupted}
+    return metrics, objects
+
+
 def fit_logging_interval(trainer: pl.Trainer, datamodule) -> None:
     """Log at least once an epoch: on a small data set (the sample videos give 8 steps an epoch)
     ``trainer.log_every_n_steps`` is lowered to the steps in an epoch."""
@@ -222,13 +239,4 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("resuming %s into %s (%s)", cfg.ckpt_path, trainer.default_root_dir, datetime.now().isoformat(timespec="seconds"))
     log.info("git %s; output in %s", hparams["git_sha"], trainer.default_root_dir)
 
-    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    stop = next((cb for cb in callbacks if isinstance(cb, CheckpointOnStop)), None)
-    interrupted = bool(stop is not None and stop.interrupted)
-    final = None
-    if not interrupted:
-        final = save_end_of_run(trainer, Path(trainer.default_root_dir) / "checkpoints", stop.saved if stop else None)
-        log.info("final checkpoint: %s (also last.ckpt)", final)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "final_ckpt": final, "interrupted": interrupted}
-    return metrics, objects
+    return fit_and_finish(cfg, trainer, model, datamodule, callbacks, ckpt_path=cfg.get("ckpt_path"))

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from corrflow.data.clips import ClipDataset
 from corrflow.data.samples import sample_video_dir
-from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader, trainer_progress
+from corrflow.data.sampling import default_num_workers, resumable_loader
 from corrflow.data.sources import VideoSource, discover_sources
 
 log = logging.getLogger(__name__)
@@ -49,7 +46,7 @@ class CorrFlowDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if num_workers is None:
-            num_workers = min(4, default_num_workers())
+            num_workers = default_num_workers()
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         self.root, self.batch_size, self.num_workers, self.pin_memory, self.seed = root, batch_size, num_workers, pin_memory, seed or 0
@@ -79,38 +76,7 @@ class CorrFlowDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        trainer = self.trainer
-        sampler = ResumableClipSampler(
-            self.train_set,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            progress=lambda: trainer_progress(self.trainer),
+        return resumable_loader(
+            self.train_set, trainer=self.trainer, seed=self.seed, batch_size=self.batch_size,
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
         )
-        return ResumableDataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=worker_init if self.num_workers > 0 else None,
-        )
-
-
-def default_num_workers() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: Lightning's per-worker seeding, then ignore SIGINT, so that
-    Ctrl-C reaches only the main process (which stops at a step boundary, see
-    ``corrflow.lit.checkpoint_on_stop.CheckpointOnStop``) and does not kill the workers under it."""
-    pl_worker_init_function(worker_id)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -10,10 +10,14 @@ use it instead of a worker's global RNG, so those draws resume too.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from corrflow.utils.seeding import derive_seed
 
@@ -89,3 +93,58 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to load: the sampler derives the position from the restored trainer."""
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Lightning's per-worker seeding, then ignore SIGINT, so that
+    Ctrl-C reaches only the main process (which stops at a step boundary, see
+    ``corrflow.lit.checkpoint_on_stop.CheckpointOnStop``) and does not kill the workers under it."""
+    pl_worker_init_function(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_num_workers() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one), at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return min(4, cores)
+
+
+def resumable_loader(
+    dataset: Dataset,
+    *,
+    trainer,
+    seed: int,
+    batch_size: int,
+    num_workers: int | None = None,
+    pin_memory: bool | None = None,
+    sampler_cls: type[ResumableClipSampler] = ResumableClipSampler,
+    **sampler_kwargs: Any,
+) -> ResumableDataLoader:
+    """The training loader every corrflow data module hands Lightning: a ``sampler_cls`` over
+    ``dataset`` (this rank's share of the (seed, epoch) order, resumed from ``trainer``'s
+    progress), full batches only, workers that ignore Ctrl-C. ``num_workers=None``: the cores
+    present, at most 4; ``pin_memory=None``: when CUDA is present."""
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    sampler = sampler_cls(
+        dataset,
+        num_replicas=trainer.world_size if trainer is not None else 1,
+        rank=trainer.global_rank if trainer is not None else 0,
+        seed=seed,
+        batch_size=batch_size,
+        progress=lambda: trainer_progress(trainer),
+        **sampler_kwargs,
+    )
+    return ResumableDataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=worker_init if num_workers > 0 else None,
+    )

@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from corrflow.data.datamodule import worker_init
-from corrflow.data.sampling import ResumableClipSampler, ResumableDataLoader, trainer_progress
+from corrflow.data.sampling import ResumableClipSampler, resumable_loader
 from corrflow.data.vos import LAYOUTS, annotated_videos, salient_frames
 from corrflow.data.vos_clips import VOSClipDataset
 from corrflow.data.vos_static import StaticClipDataset
@@ -55,7 +54,7 @@ class ScheduledSkipSampler(ResumableClipSampler):
 class _SegmentationDataModule(pl.LightningDataModule):
     """Loader plumbing shared by the two data modules; subclasses build the dataset."""
 
-    def __init__(self, *, batch_size: int, num_workers: int, pin_memory: bool, seed: int) -> None:
+    def __init__(self, *, batch_size: int, num_workers: int | None, pin_memory: bool | None, seed: int) -> None:
         super().__init__()
         self.batch_size, self.num_workers, self.pin_memory, self.seed = batch_size, num_workers, pin_memory, seed
         self.train_set: Dataset | None = None
@@ -78,25 +77,10 @@ class _SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        trainer = self.trainer
-        sampler = ScheduledSkipSampler(
-            self.train_set,
-            max_skip=self.current_max_skip,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            progress=lambda: trainer_progress(self.trainer),
-        )
-        return ResumableDataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=worker_init if self.num_workers > 0 else None,
+        return resumable_loader(
+            self.train_set, trainer=self.trainer, seed=self.seed, batch_size=self.batch_size,
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
+            sampler_cls=ScheduledSkipSampler, max_skip=self.current_max_skip,
         )
 
 
@@ -130,8 +114,8 @@ class StaticClipDataModule(_SegmentationDataModule):
         translate: Sequence[float] = (0.1, 0.1),
         max_objects: int = 3,
         batch_size: int = 4,
-        num_workers: int = 4,
-        pin_memory: bool = True,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
@@ -185,8 +169,8 @@ class VOSClipDataModule(_SegmentationDataModule):
         hflip: float = 0.5,
         max_skip: Mapping[str, int | None] | None = None,
         batch_size: int = 4,
-        num_workers: int = 4,
-        pin_memory: bool = True,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)

@@ -8,7 +8,7 @@ stopped (same data order, same random draws).
 Ctrl-C: the first SIGINT only sets a flag; the step in progress finishes, ``last.ckpt`` is
 written, the run stops, and the exact command that resumes it is printed. A second Ctrl-C
 interrupts at once (Lightning's own shutdown, nothing saved). DataLoader workers ignore SIGINT
-(``corrflow.data.datamodule.worker_init``), so the first Ctrl-C does not kill them under the run.
+(``corrflow.data.sampling.worker_init``), so the first Ctrl-C does not kill them under the run.
 """
 
 from __future__ import annotations
