@@ -25,15 +25,13 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from corrflow.lit.checkpoint_on_stop import CheckpointOnStop
 from corrflow.models.backbone import load_state_exactly
 from corrflow.train import (
+    build_trainer,
     fit_and_finish,
     git_sha,
-    resolve_precision,
-    resume_command,
     resumed_run_dir,
 )
 
@@ -127,14 +125,7 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
     resume = start_from(cfg, model, datamodule)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    for cb in callbacks:
-        if isinstance(cb, CheckpointOnStop) and cb.resume_command is None:
-            cb.resume_command = resume_command()
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    with open_dict(cfg):
-        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer, callbacks = build_trainer(cfg)
 
     hparams = {"config": OmegaConf.to_container(cfg, resolve=True), "git_sha": git_sha()}
     for lg in trainer.loggers:

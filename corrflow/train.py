@@ -180,6 +180,21 @@ def save_end_of_run(trainer: pl.Trainer, folder: Path, last: Path | None) -> Pat
     return final
 
 
+def build_trainer(cfg: DictConfig) -> tuple[pl.Trainer, list[pl.Callback]]:
+    """The configured callbacks (``CheckpointOnStop`` told this run's resume command), loggers and
+    trainer (``precision=auto`` resolved and written back into ``cfg``). Shared by pretraining and
+    fine-tuning."""
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    for cb in callbacks:
+        if isinstance(cb, CheckpointOnStop) and cb.resume_command is None:
+            cb.resume_command = resume_command()
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    with open_dict(cfg):
+        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return trainer, callbacks
+
+
 def fit_and_finish(
     cfg: DictConfig, trainer: pl.Trainer, model: pl.LightningModule, datamodule, callbacks: list, *, ckpt_path: str | None
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -221,14 +236,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = hydra.utils.instantiate(cfg.data)
     prepare_colour_bins(cfg, datamodule)
     model = hydra.utils.instantiate(cfg.model)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    for cb in callbacks:
-        if isinstance(cb, CheckpointOnStop) and cb.resume_command is None:
-            cb.resume_command = resume_command()
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    with open_dict(cfg):
-        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer, callbacks = build_trainer(cfg)
 
     fit_logging_interval(trainer, datamodule)
 
