@@ -21,3 +21,19 @@ def test_propagate_benchmark_streaming_matches_dense() -> None:
     assert all(r["fps"] > 0 for r in rows)
     table = format_rows(rows, device="cpu", height=212, width=252)
     assert "ours (streaming)" in table and "cells differing" in table
+
+
+def test_stm_benchmark_bounded_memory_reads_at_most_the_cap() -> None:
+    """Tiny frames, narrow widths: the bounded bank stops at its cap, the paper's unbounded bank
+    reads t / 5 + 2 frames at frame t; both segment the same synthetic video."""
+    from corrflow.benchmarks.stm import format_table, run, synthetic_video
+
+    frames, first = synthetic_video(12, (48, 64))
+    assert frames.shape == (12, 3, 48, 64) and set(first.unique().tolist()) == {0, 1, 2}
+    rows = run(frames=13, at_frame=40, max_memory=3, arch="corrflow", widths="narrow", size=(48, 64), device="cpu", repeats=1)
+    bounded, unbounded = rows
+    assert (bounded["memory"], unbounded["memory"]) == ("bounded", "unbounded")
+    assert bounded["memory_frames"] == 3 and unbounded["memory_frames"] == 4  # at frame 12: frames 0, 5, 10 and 11 (the previous)
+    assert (bounded["memory_frames_at_frame"], unbounded["memory_frames_at_frame"]) == (3, 10)
+    assert all(r["s_per_frame"] > 0 and r["s_per_frame_at_frame"] > 0 for r in rows)
+    assert "| bounded | 3 |" in format_table(rows)

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python tools/benchmark.py {attention,train,propagate} [options]``.
+"""Benchmarks: ``python tools/benchmark.py {attention,train,propagate,stm} [options]``.
 
 Every speed is printed beside the baseline measured in the same run.
 """
@@ -33,12 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. data.root=... data.num_workers=8")
 
     sub.add_parser("propagate", help="label propagation frames/s at 480p vs a dense-affinity implementation", add_help=False)
+    sub.add_parser("stm", help="STM seconds/frame at 480p, bounded memory vs the paper's unbounded bank", add_help=False)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["propagate"]:  # its own options: see `benchmark.py propagate --help`
         from corrflow.benchmarks.propagate import main as propagate_main
 
         propagate_main(argv[1:])
+        return 0
+    if argv[:1] == ["stm"]:  # its own options: see `benchmark.py stm --help`
+        from corrflow.benchmarks.stm import main as stm_main
+
+        stm_main(argv[1:])
         return 0
     args = p.parse_args(argv)
     if args.what == "attention":
