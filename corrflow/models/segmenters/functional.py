@@ -19,7 +19,7 @@ def memory_read(
     memory_value: Tensor,
     *,
     topk: int | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int = 1024,
 ) -> Tensor:
     """STM's memory read: each query position takes the softmax-weighted average of the memory
     values over all memory positions, weights ``softmax_j(k_M[j] . k_Q / sqrt(d_k))``.
@@ -31,7 +31,10 @@ def memory_read(
         topk: keep only the k largest affinities of each query position (the softmax runs over
             those); None (or k >= T*H*W): all of them, through
             ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels on GPUs).
-        chunk_size: query positions per chunk of the top-k read (bounds its (chunk, T*H*W) affinity).
+        chunk_size: query positions per chunk (bounds the (chunk, T*H*W) affinity) of the top-k
+            read, and of the full read off CUDA: PyTorch's CPU attention materialises the whole
+            (h*w, T*H*W) affinity (at 480p, stride 8, 20 memory frames and 2 objects: 13 GB in
+            one piece, 1 GB a chunk of 1024). On CUDA the fused kernels need no chunks.
 
     Returns:
         (B, Cv, h, w).
@@ -47,7 +50,10 @@ def memory_read(
     v = memory_value.permute(0, 1, 3, 4, 2).reshape(b, -1, cv)  # (B, THW, Cv)
     n = k.shape[1]
     if topk is None or topk >= n:
-        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # (B, hw, Cv)
+        step = q.shape[1] if q.device.type == "cuda" else chunk_size
+        out = torch.cat(
+            [F.scaled_dot_product_attention(q[:, None, i : i + step], k[:, None], v[:, None])[:, 0] for i in range(0, q.shape[1], step)], dim=1
+        )  # (B, hw, Cv)
     else:
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
