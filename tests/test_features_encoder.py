@@ -50,3 +50,16 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     torch.save({"model": {}}, other)
     with pytest.raises(ValueError, match=r"other\.ckpt: not a corrflow training checkpoint"):
         checkpoint_features(other)
+
+
+def test_random_crw_features_are_torchvision_resnet18_untrained() -> None:
+    """The README's claim: ``features=random arch=crw seed=s`` holds exactly the weights
+    ``torchvision.models.resnet18(weights=None)`` draws under ``torch.manual_seed(s)``."""
+    from torchvision.models import resnet18
+
+    for seed in (0, 5):
+        torch.manual_seed(seed)
+        tv = resnet18(weights=None).state_dict()
+        ours = random_features(arch="crw", seed=seed).state_dict()
+        for k, v in ours.items():
+            assert torch.equal(v, tv[k]), k
