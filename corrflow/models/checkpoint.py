@@ -23,6 +23,24 @@ def encoder_payload(encoder: ResNetEncoder, *, prefix: str) -> dict[str, Any]:
     return {"format": FORMAT, "encoder": dict(encoder.config), "encoder_prefix": prefix}
 
 
+def read_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> tuple[dict, dict | None]:
+    """A checkpoint file and its ``corrflow`` entry (None when it has none).
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message says ``<what> not found``).
+        ValueError: the file cannot be read as a PyTorch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({e})") from e
+    meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
+    return ckpt, meta if isinstance(meta, dict) else None
+
+
 def load_encoder(
     path: str | os.PathLike, *, map_location: str | torch.device = "cpu", train: bool = False
 ) -> ResNetEncoder:
@@ -39,13 +57,7 @@ def load_encoder(
             it describes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({e})") from e
-    meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
+    ckpt, meta = read_checkpoint(path, map_location=map_location)
     if isinstance(meta, dict) and "encoder" not in meta and "kind" in meta:
         kind = str(meta["kind"])
         raise ValueError(

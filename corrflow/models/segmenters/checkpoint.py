@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from corrflow.models.backbone import SegmentationBackbone, load_state_exactly
+from corrflow.models.checkpoint import read_checkpoint
 
 __all__ = ["FORMAT", "load_segmenter", "segmenter_payload"]
 
@@ -44,14 +45,8 @@ def load_segmenter(path: str | os.PathLike, *, kind: str = "stm", map_location: 
         checkpoint, another kind of segmenter, or weights that do not fit (naming the layers).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"segmenter checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({e})") from e
-    meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict):
+    ckpt, meta = read_checkpoint(path, map_location=map_location, what="segmenter checkpoint")
+    if meta is None:
         raise ValueError(f"{path}: not a corrflow checkpoint (no 'corrflow' entry); train a segmenter with tools/finetune.py")
     if "kind" not in meta:
         raise ValueError(
