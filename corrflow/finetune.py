@@ -24,10 +24,10 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from corrflow.models.backbone import load_state_exactly
+from corrflow.models.checkpoint import read_checkpoint
 from corrflow.train import (
     build_trainer,
     fit_and_finish,
@@ -76,14 +76,8 @@ def read_segmenter_checkpoint(path: str | Path, *, kind: str) -> dict:
         to start from it instead), another segmenter's, or not a corrflow checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"ckpt_path={path}: cannot read as a PyTorch checkpoint ({e})") from e
-    meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict):
+    ckpt, meta = read_checkpoint(path, what="ckpt_path")
+    if meta is None:
         raise ValueError(f"ckpt_path={path} is not a corrflow checkpoint (no 'corrflow' entry)")
     found = meta.get("kind", "pretraining" if "encoder" in meta else None)
     if found == kind:

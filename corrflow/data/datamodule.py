@@ -6,12 +6,11 @@ import logging
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from corrflow.data.clips import ClipDataset
 from corrflow.data.samples import sample_video_dir
-from corrflow.data.sampling import default_num_workers, resumable_loader
+from corrflow.data.sampling import resumable_loader
 from corrflow.data.sources import VideoSource, discover_sources
 
 log = logging.getLogger(__name__)
@@ -45,10 +44,6 @@ class CorrFlowDataModule(pl.LightningDataModule):
         decoder: str = "auto",
     ) -> None:
         super().__init__()
-        if num_workers is None:
-            num_workers = default_num_workers()
-        if pin_memory is None:
-            pin_memory = torch.cuda.is_available()
         self.root, self.batch_size, self.num_workers, self.pin_memory, self.seed = root, batch_size, num_workers, pin_memory, seed or 0
         self.clip_kwargs = dict(clip_len=clip_len, frame_gap=frame_gap, size=tuple(size), sampling=sampling, clips_per_video=clips_per_video)
         self.decoder = decoder  # video files: 'auto' (decord if installed, else PyAV), 'decord', 'pyav'
