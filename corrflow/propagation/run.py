@@ -104,13 +104,6 @@ def _read_done(path: Path) -> dict | None:
         return None
 
 
-def _write_done(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
-
-
 def _config_text(cfg: DictConfig) -> str:
     try:
         return OmegaConf.to_yaml(cfg, resolve=True)
@@ -123,6 +116,10 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_done(path: Path, record: dict) -> None:
+    _write_text_atomic(path, json.dumps(record))
 
 
 def _record_run(out: Path, cfg: DictConfig, key: str) -> str:
