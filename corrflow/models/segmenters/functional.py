@@ -33,8 +33,8 @@ def memory_read(
             ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels on GPUs).
         chunk_size: query positions per chunk (bounds the (chunk, T*H*W) affinity) of the top-k
             read, and of the full read off CUDA: PyTorch's CPU attention materialises the whole
-            (h*w, T*H*W) affinity (at 480p, stride 8, 20 memory frames and 2 objects: 13 GB in
-            one piece, 1 GB a chunk of 1024). On CUDA the fused kernels need no chunks.
+            (h*w, T*H*W) affinity (at 480p, stride 8 and 20 memory frames: 6420 x 128400 float32, 3.3 GB
+            an object in one piece, 0.5 GB a chunk of 1024). On CUDA the fused kernels need no chunks.
 
     Returns:
         (B, Cv, h, w).
