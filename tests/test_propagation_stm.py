@@ -245,3 +245,36 @@ def test_entry_script_pretraining_checkpoint_for_stm_is_one_line(davis_root: Pat
     )  # fmt: skip
     assert_one_clear_line(proc, r"^error: ckpt=.*pre\.ckpt is a corrflow pretraining checkpoint .*method=label_propagation")
     assert not (tmp_path / "out").exists()
+
+
+def test_short_side_segments_resized_frames_and_returns_frame_size_probabilities(stm_ckpt: Path) -> None:
+    """method.short_side: the network sees each frame resized (aspect kept) and the first frame's
+    masks area-averaged to that size; the probabilities come back at the frame's size, still a
+    distribution, and equal STMInference fed the resized frames by hand, bilinearly resized back."""
+    frames, masks = moving_objects(6, size=(40, 64), n_objects=2, seed=3)  # (T, H, W, 3) uint8, (T, H, W)
+    frames = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255
+    gt0 = torch.as_tensor(masks[0]).long()
+    labels = torch.stack([gt0 == i for i in range(3)]).float()  # (1 + N, H, W) one-hot
+    seg = STMVideoSegmenter(load_segmenter(stm_ckpt), memory_every=2, max_memory_frames=4, short_side=20)
+    assert seg._working_size((40, 64)) == (20, 32)
+    first = seg.step(frames[0], labels)
+    assert torch.equal(first, labels)  # the given labels, exactly, at the frame's size
+
+    ref = STMInference(load_segmenter(stm_ckpt), every=2, max_frames=4)
+    small = torch.nn.functional.interpolate(frames, size=(20, 32), mode="bilinear", antialias=True, align_corners=False)
+    ref.start(small[0], torch.nn.functional.interpolate(labels[None, 1:], size=(20, 32), mode="area")[0])
+    for t in range(1, 6):
+        out = seg.step(frames[t])
+        assert out.shape == (3, 40, 64)
+        torch.testing.assert_close(out.sum(0), torch.ones(40, 64), atol=1e-5, rtol=0)
+        expected = torch.nn.functional.interpolate(ref.step(small[t])[None], size=(40, 64), mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_short_side_is_part_of_the_fingerprint_and_rejects_tiny_sizes(stm_ckpt: Path) -> None:
+    a = compose_cfg("task=davis", "method=stm", f"ckpt={stm_ckpt}")
+    b = compose_cfg("task=davis", "method=stm", f"ckpt={stm_ckpt}", "method.short_side=240")
+    assert b.method.segmenter.short_side == 240
+    assert fingerprint(a) != fingerprint(b)
+    with pytest.raises(ValueError, match="short_side"):
+        STMVideoSegmenter(load_segmenter(stm_ckpt), short_side=4)

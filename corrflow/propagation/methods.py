@@ -77,16 +77,53 @@ class STMVideoSegmenter:
             the first frame, every ``memory_every``-th frame and the previous frame, at most
             ``max_memory_frames`` in all.
         device: where the network, the frames and the memory live.
+        short_side: None segments at the frame's own size; an int resizes each frame (aspect kept)
+            so that its shorter side has that many pixels, and the first frame's masks with it
+            (area-averaged, so a small object stays), and resizes the probabilities back to the
+            frame's size (bilinearly: they still sum to one). Time and memory a frame fall with
+            the square of the scale; the scores are still taken at the frame's own size.
     """
 
     stride = 1
 
-    def __init__(self, net: nn.Module, *, memory_every: int = 5, max_memory_frames: int = 20, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        memory_every: int = 5,
+        max_memory_frames: int = 20,
+        device: torch.device | str = "cpu",
+        short_side: int | None = None,
+    ) -> None:
         from corrflow.models.segmenters.stm import STMInference
 
+        if short_side is not None and int(short_side) < 16:
+            raise ValueError(f"short_side must be at least 16 pixels (or null for the frame's own size), got {short_side}")
         self.device = torch.device(device)
+        self.short_side = None if short_side is None else int(short_side)
         self.inference = STMInference(net.to(self.device).eval(), every=memory_every, max_frames=max_memory_frames, device=self.device)
         self._empty: tuple[int, ...] | None = None  # (D, H, W) of a video without objects
+
+    def _working_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """The (h, w) the network sees for a frame of size ``hw``."""
+        if self.short_side is None:
+            return hw
+        s = self.short_side / min(hw)
+        return max(1, round(hw[0] * s)), max(1, round(hw[1] * s))
+
+    def _to_working(self, x: Tensor, *, mode: str) -> Tensor:
+        """(C, H, W) -> (C, h, w) at the working size (identity without ``short_side``)."""
+        hw = self._working_size((x.shape[-2], x.shape[-1]))
+        if hw == tuple(x.shape[-2:]):
+            return x
+        kwargs = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
+        return torch.nn.functional.interpolate(x[None].float(), size=hw, mode=mode, **kwargs)[0]
+
+    def _to_frame(self, probs: Tensor, hw: tuple[int, int]) -> Tensor:
+        """(D, h, w) probabilities -> (D, H, W) at the frame's size."""
+        if tuple(probs.shape[-2:]) == hw:
+            return probs
+        return torch.nn.functional.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
 
     @property
     def memory_frames(self) -> list[int]:
@@ -104,12 +141,17 @@ class STMVideoSegmenter:
                 self._empty = tuple(labels.shape)
                 return labels.to(self.device, torch.float32)
             self._empty = None
-            return self.inference.start(frame, labels[1:].to(self.device, torch.float32))
+            hw = (frame.shape[-2], frame.shape[-1])
+            objects = self._to_working(labels[1:].to(self.device, torch.float32), mode="area")
+            probs = self.inference.start(self._to_working(frame.to(self.device), mode="bilinear"), objects)
+            # the first frame's own labels, exactly, at its size (the resized ones are what STM memorised)
+            return labels.to(self.device, torch.float32) if self.short_side is not None else probs
         if self._empty is not None:
             out = torch.zeros(self._empty, device=self.device)
             out[0] = 1.0
             return out
-        return self.inference.step(frame)
+        hw = (frame.shape[-2], frame.shape[-1])
+        return self._to_frame(self.inference.step(self._to_working(frame.to(self.device), mode="bilinear")), hw)
 
 
 def stm(
@@ -117,6 +159,7 @@ def stm(
     ckpt: str | os.PathLike | None,
     memory_every: int = 5,
     max_memory_frames: int = 20,
+    short_side: int | None = None,
     device: torch.device,
     targets: Any,
 ) -> STMVideoSegmenter:
@@ -150,7 +193,7 @@ def stm(
             f"propagate labels with its features (method=label_propagation features=checkpoint ckpt={path}) "
             f"or fine-tune STM from it (tools/finetune.py experiment=stm_static model.backbone.init={path})"
         ) from e
-    return STMVideoSegmenter(net, memory_every=memory_every, max_memory_frames=max_memory_frames, device=device)
+    return STMVideoSegmenter(net, memory_every=memory_every, max_memory_frames=max_memory_frames, device=device, short_side=short_side)
 
 
 def checkpoint_tag(path: str | os.PathLike | None) -> str:
