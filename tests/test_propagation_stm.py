@@ -100,6 +100,7 @@ def test_stm_segments_every_frame_writes_scores_and_matches_stm_inference(davis_
     assert "s a frame" in capsys.readouterr().out
     recorded = OmegaConf.load(out / "config.yaml")
     assert recorded.method.name == "stm" and recorded.method.max_memory_frames == 3
+    assert "features" not in recorded and "protocol" not in recorded  # unused by STM, not recorded
     seg = instantiate(recorded.method.segmenter)(device=torch.device("cpu"), targets=MaskTargets())
     assert (seg.inference.every, seg.inference.max_frames, seg.stride) == (2, 3, 1)
     if HAS_EVALUATION:

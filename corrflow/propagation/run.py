@@ -105,10 +105,14 @@ def _read_done(path: Path) -> dict | None:
 
 
 def _config_text(cfg: DictConfig) -> str:
+    """The run's config as YAML, resolved, without the top-level groups its method does not use
+    (``method.unused_groups``: STM records no ``features`` or ``protocol``)."""
+    unused = set(cfg.method.get("unused_groups") or ()) if "method" in cfg else set()
     try:
-        return OmegaConf.to_yaml(cfg, resolve=True)
+        tree = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra run (the compose API)
-        return OmegaConf.to_yaml(cfg)
+        tree = OmegaConf.to_container(cfg)
+    return OmegaConf.to_yaml({k: v for k, v in tree.items() if k not in unused})
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
