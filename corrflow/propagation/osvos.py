@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -148,15 +149,19 @@ class OSVOSVideoSegmenter:
         self.finetune_kwargs = dict(steps=int(steps), optimizer=optimizer, batch_size=int(batch_size), degrees=degrees, scale=tuple(scale), hflip=hflip)
         self.threshold, self.n_segments, self.compactness, self.seed = float(threshold), int(n_segments), float(compactness), int(seed)
         self.models: list[OSVOSNet] = []
+        self.finetune_seconds = 0.0  # the last video's one-shot fine-tuning, all objects
         self._empty: tuple[int, ...] | None = None
 
     def start(self, frame: Tensor, objects: Tensor) -> None:
         """Fine-tune one copy of the parent per object: ``frame`` (3, H, W), ``objects`` (N, H, W) masks."""
         image = frame.to(self.device, torch.float32)
+        t0 = time.perf_counter()
         self.models = [
             one_shot_finetune(self.parent, image, objects[k].to(self.device), seed=derive_seed(self.seed, "osvos-object", k), **self.finetune_kwargs)
             for k in range(objects.shape[0])
         ]
+        self.finetune_seconds = time.perf_counter() - t0
+        log.info("one-shot fine-tuning: %d object(s) x %d steps in %.1f s", len(self.models), self.finetune_kwargs["steps"], self.finetune_seconds)
 
     @torch.no_grad()
     def segment(self, frame: Tensor) -> Tensor:
