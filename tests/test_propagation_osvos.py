@@ -187,6 +187,12 @@ def test_wrong_kinds_of_checkpoint_say_what_to_pass(davis_root, ckpts, tmp_path)
     for (ckpt, *extra), pattern in cases:
         with pytest.raises((ValueError, FileNotFoundError), match=pattern):
             run_osvos(davis_root, out, ckpt, *extra)
+    broken = torch.load(ckpts["parent"], weights_only=False)
+    broken["state_dict"]["net.fuse.weight"] = broken["state_dict"]["net.fuse.weight"][:, :8]  # 2 sides' worth, not 4
+    del broken["state_dict"]["net.score.head.bias"]
+    torch.save(broken, tmp_path / "broken.ckpt")
+    with pytest.raises(ValueError, match=r"broken\.ckpt: the weights do not fit; missing \(1\): score\.head\.bias; shape differs \(1\): fuse\.weight"):
+        run_osvos(davis_root, out, tmp_path / "broken.ckpt")
     with pytest.raises(ValueError, match=r"method=osvos needs an OSVOS parent checkpoint: ckpt="):
         propagate(compose_cfg("task=davis", "method=osvos", f"data.root={davis_root}", f"output_dir={out}"))
     jhmdb = make_jhmdb_tree(tmp_path / "JHMDB")
