@@ -37,3 +37,13 @@ def test_stm_benchmark_bounded_memory_reads_at_most_the_cap() -> None:
     assert (bounded["memory_frames_at_frame"], unbounded["memory_frames_at_frame"]) == (3, 10)
     assert all(r["s_per_frame"] > 0 and r["s_per_frame_at_frame"] > 0 for r in rows)
     assert "| bounded | 3 |" in format_table(rows)
+
+
+def test_osvos_benchmark_times_the_one_shot_step_and_the_frames() -> None:
+    """Tiny frames: one row per backbone (and snapping), positive times, the table's columns."""
+    from corrflow.benchmarks.osvos import format_table, run
+
+    rows = [run(arch="crw", steps=2, frames=3, objects=2, size=(48, 64), device="cpu", snapping=s) for s in (False, True)]
+    assert all(r["finetune_s"] > 0 and r["s_per_frame"] > 0 and r["objects"] == 2 for r in rows)
+    table = format_table(rows)
+    assert "| crw | 2 | 2 |" in table and "| yes |" in table

@@ -1,5 +1,6 @@
 """Fine-tune a segmenter on a corrflow backbone: ``python tools/finetune.py experiment=stm_static
-model.backbone.init=<corrflow .ckpt>``, then ``python tools/finetune.py experiment=stm ckpt_path=<its final.ckpt>``."""
+model.backbone.init=<corrflow .ckpt>``, then ``python tools/finetune.py experiment=stm ckpt_path=<its final.ckpt>``;
+OSVOS: ``experiment=osvos_parent`` (and ``experiment=osvos_contour`` for boundary snapping)."""
 
 import hydra
 from omegaconf import DictConfig

@@ -5,6 +5,7 @@ score and draw the results.
     python tools/propagate.py task=davis2016 data.root=/data/DAVIS task.dataset.split=val features=lab
     python tools/propagate.py task=jhmdb protocol=corrflow features=random data.root=/data/JHMDB
     python tools/propagate.py task=davis method=stm ckpt=<finetune run>/checkpoints/final.ckpt
+    python tools/propagate.py task=davis2016 method=osvos ckpt=<osvos_parent run>/checkpoints/final.ckpt
 
 See conf/propagate.yaml; the work is done by corrflow.propagation.run.propagate.
 """

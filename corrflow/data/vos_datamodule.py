@@ -93,7 +93,9 @@ class StaticClipDataModule(_SegmentationDataModule):
         layout: 'salient' (``images/`` + ``masks/``), or 'davis' / 'youtube' (every annotated
             frame of the videos used as an image); see :mod:`corrflow.data.vos`.
         year, split, resolution, sequences, validate: which videos (davis / youtube layouts).
-        size, n_frames, degrees, shear, scale, translate, max_objects: the clips.
+        size, n_frames, degrees, shear, scale, translate, max_objects, hflip: the clips.
+            With ``n_frames=1`` and ``max_objects`` above any frame's count, single augmented
+            frames with all their objects: OSVOS's parent training (``conf/data/osvos.yaml``).
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class StaticClipDataModule(_SegmentationDataModule):
         scale: Sequence[float] = (0.9, 1.1),
         translate: Sequence[float] = (0.1, 0.1),
         max_objects: int = 3,
+        hflip: float = 0.0,
         batch_size: int = 4,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
@@ -124,7 +127,8 @@ class StaticClipDataModule(_SegmentationDataModule):
         self.root, self.layout = root, layout
         self.video_kwargs = dict(year=str(year), split=split, resolution=resolution, sequences=sequences, validate=validate)
         self.clip_kwargs = dict(
-            size=tuple(size), n_frames=n_frames, degrees=degrees, shear=shear, scale=tuple(scale), translate=tuple(translate), max_objects=max_objects
+            size=tuple(size), n_frames=n_frames, degrees=degrees, shear=shear, scale=tuple(scale), translate=tuple(translate),
+            max_objects=max_objects, hflip=hflip,
         )
 
     stage = "static"

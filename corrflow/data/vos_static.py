@@ -22,7 +22,36 @@ from torchvision.transforms.v2 import functional as TF
 from corrflow.data.vos import AnnotatedFrame
 from corrflow.data.vos_clips import VOID_ID, RetryingDataset, cover_size, keep_first_frame_objects, read_sample, remap_objects
 
-__all__ = ["StaticClipDataset"]
+__all__ = ["StaticClipDataset", "affine_augmentation"]
+
+FILL = {tv_tensors.Image: 0, tv_tensors.Mask: 0}
+
+
+def affine_augmentation(
+    *, degrees: float, shear: float = 0.0, scale: Sequence[float] = (1.0, 1.0), translate: Sequence[float] = (0.0, 0.0), hflip: float = 0.0
+) -> v2.Transform:
+    """One random affine transform (rotation +-``degrees``, shear +-``shear`` on both axes, zoom in
+    ``scale``, translation up to ``translate`` of (width, height)), then a horizontal flip with
+    probability ``hflip``, on the same canvas. Called as ``transform(image, mask)`` with a
+    ``tv_tensors.Image`` / ``Video`` and a ``tv_tensors.Mask``, both get the same parameters (the
+    mask sampled nearest-neighbour), so they stay aligned; uncovered pixels are 0 in both.
+
+    Random draws come from torch's default CPU generator. Without a flip (``hflip=0``) the flip is
+    not in the chain at all, so the draws are exactly those of the affine transform alone.
+    """
+    steps: list[v2.Transform] = [
+        v2.RandomAffine(
+            degrees=degrees,
+            translate=tuple(translate),
+            scale=tuple(scale),
+            shear=(-shear, shear, -shear, shear),
+            interpolation=v2.InterpolationMode.BILINEAR,
+            fill=FILL,
+        )
+    ]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    return v2.Compose(steps)
 
 
 class StaticClipDataset(RetryingDataset):
@@ -40,6 +69,7 @@ class StaticClipDataset(RetryingDataset):
         max_objects: objects kept per clip.
         first_frame_tries: draws of the first frame's transform to keep an object in it; then the
             untransformed image (resized to the crop) is used.
+        hflip: probability of a horizontal flip of each frame (after the affine transform).
     """
 
     def __init__(
@@ -54,6 +84,7 @@ class StaticClipDataset(RetryingDataset):
         translate: Sequence[float] = (0.1, 0.1),
         max_objects: int = 3,
         first_frame_tries: int = 10,
+        hflip: float = 0.0,
     ) -> None:
         if not frames:
             raise ValueError("no annotated image to make static clips from")
@@ -61,18 +92,10 @@ class StaticClipDataset(RetryingDataset):
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
         self.frames, self.size, self.n_frames = list(frames), tuple(size), n_frames
         self.max_objects, self.first_frame_tries = max_objects, first_frame_tries
-        fill = {tv_tensors.Image: 0, tv_tensors.Mask: 0}
         self.transform = v2.Compose(
             [
-                v2.RandomAffine(
-                    degrees=degrees,
-                    translate=tuple(translate),
-                    scale=tuple(scale),
-                    shear=(-shear, shear, -shear, shear),
-                    interpolation=v2.InterpolationMode.BILINEAR,
-                    fill=fill,
-                ),
-                v2.RandomCrop(self.size, pad_if_needed=True, fill=fill),
+                affine_augmentation(degrees=degrees, shear=shear, scale=scale, translate=translate, hflip=hflip),
+                v2.RandomCrop(self.size, pad_if_needed=True, fill=FILL),
             ]
         )
 

@@ -4,7 +4,7 @@
 
 :class:`SegmenterLitModule` holds what every segmenter shares (the backbone, the net built around
 it, the optimizer, the skipped-sample count, the checkpoint payload); :class:`STMLitModule` is
-STM's training step.
+STM's training step, :class:`OSVOSLitModule` OSVOS's (the parent network, or its contour branch).
 """
 
 from __future__ import annotations
@@ -17,14 +17,18 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from corrflow.lit.schedules import linear_schedule
 from corrflow.losses.bootstrapped_ce import BootstrappedCrossEntropy
+from corrflow.losses.class_balanced_bce import ClassBalancedBCE, deep_supervision_loss
 from corrflow.models.backbone import SegmentationBackbone
 from corrflow.models.segmenters.checkpoint import segmenter_payload
+from corrflow.models.segmenters.functional import foreground_target, mask_boundaries
+from corrflow.models.segmenters.osvos import OSVOSNet
 from corrflow.models.segmenters.stm import STMSegmenter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STMLitModule", "SegmenterLitModule"]
+__all__ = ["OSVOSLitModule", "STMLitModule", "SegmenterLitModule"]
 
 
 class SegmenterLitModule(pl.LightningModule):
@@ -168,3 +172,87 @@ def mean_object_iou(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
         ious.append(iou[valid[:, k]])
     return torch.cat(ious).mean()
+
+
+class OSVOSLitModule(SegmenterLitModule):
+    """OSVOS's offline training on single annotated frames (``batch["frames"]`` (B, T, 3, H, W),
+    ``batch["masks"]`` (B, T, H, W); the B * T frames are independent samples): the parent network
+    (``target='mask'``: every object of a frame is foreground) or the contour branch
+    (``target='contour'``: the boundaries of the frame's labels, :func:`mask_boundaries`).
+
+    The loss is :func:`deep_supervision_loss`: ``w * sum(side losses) + fused loss`` with the side
+    weight ``w`` falling linearly from 1 at step 0 to 0 at ``side_weight_steps`` (None: the whole
+    run, ``trainer.estimated_stepping_batches``), as OSVOS's ``1 - epoch / n_epochs``.
+
+    Args:
+        backbone, net, optimizer: see :class:`SegmenterLitModule`.
+        loss: per-output loss ``loss(logits (B, 1, H, W), target (B, H, W))``: class-balanced BCE.
+        target: 'mask' (checkpoint kind ``osvos``) or 'contour' (kind ``osvos_contour``).
+        contour_width: the boundary's depth on each side of an edge, pixels (target='contour').
+        side_weight_steps: the side weight's ramp, optimizer steps.
+
+    Logged: ``train/loss``, ``train/loss_fused``, ``train/loss_sides`` (unweighted), ``train/side_weight``,
+    ``train/iou`` (fused output > 0 against the target), ``train/skipped_samples``.
+    """
+
+    TARGETS = {"mask": "osvos", "contour": "osvos_contour"}
+
+    def __init__(
+        self,
+        *,
+        backbone: SegmentationBackbone,
+        net: Callable[..., OSVOSNet] = OSVOSNet,
+        loss: nn.Module | None = None,
+        target: str = "mask",
+        contour_width: int = 1,
+        side_weight_steps: int | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.Adam, lr=1e-4),
+    ) -> None:
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {sorted(self.TARGETS)}, got {target!r}")
+        super().__init__(backbone=backbone, net=net, optimizer=optimizer)
+        self.kind = self.TARGETS[target]
+        self.target, self.contour_width, self.side_weight_steps = target, contour_width, side_weight_steps
+        self.loss = loss if loss is not None else ClassBalancedBCE()
+        self._total_steps: int | None = None
+
+    def side_weight(self) -> float:
+        """The side outputs' weight at the current step: 1 -> 0 over ``side_weight_steps``."""
+        total = self.side_weight_steps
+        if total is None:
+            if self._total_steps is None:
+                try:
+                    self._total_steps = int(self.trainer.estimated_stepping_batches)
+                except Exception:  # noqa: BLE001 - not attached to a fitting trainer
+                    self._total_steps = 1
+            total = self._total_steps
+        return linear_schedule(self.global_step, int(total), start=1.0, end=0.0)
+
+    def targets(self, masks: Tensor) -> Tensor:
+        """(B, H, W) ids -> (B, H, W) 0 / 1 / 255 targets of this branch."""
+        if self.target == "contour":
+            return mask_boundaries(masks, width=self.contour_width)
+        return foreground_target(masks)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        frames, masks = batch["frames"].flatten(0, 1), batch["masks"].flatten(0, 1)  # (B*T, 3, H, W), (B*T, H, W)
+        target = self.targets(masks)
+        out = self.net(frames)
+        weight = self.side_weight()
+        losses = deep_supervision_loss(out.sides, out.fused, target, side_weight=weight, loss=self.loss)
+        loss = losses["loss"]
+        self.check_loss(loss)
+        self.count_skipped(batch)
+        pred = (out.fused[:, 0] > 0).long()
+        valid = target != 255
+        inter = ((pred == 1) & (target == 1) & valid).sum().float()
+        union = (((pred == 1) | (target == 1)) & valid).sum().float()
+        bs = frames.shape[0]
+        self.log_dict(
+            {"train/loss_fused": losses["loss_fused"].detach(), "train/loss_sides": losses["loss_sides"].detach(),
+             "train/side_weight": torch.tensor(weight), "train/iou": inter / union.clamp(min=1)},
+            on_step=True, on_epoch=False, batch_size=bs,
+        )  # fmt: skip
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.last_pictures = {"frames": frames[:, None].detach(), "masks": target[:, None].detach(), "preds": pred[:, None].detach()}
+        return loss

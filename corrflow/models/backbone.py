@@ -18,6 +18,13 @@ The extra input channels go through their own convolution, a copy of the stem's 
 convolution (same kernel, stride and padding) whose weights start at zero, added to the stem's
 output before its normalisation: at initialisation the features are exactly those without the
 extra inputs.
+
+``backbone.forward_stages(image, extra=None)`` hands out, instead, the output of every *side
+stage* (``backbone.side_stages``, shallow to deep, with ``stage_strides`` and ``stage_channels``):
+for a ResNet every residual layer and the head from ``finest_stride`` on (CorrFlow: layer2,
+layer3, layer4, head, all at stride 4; CRW: layer1 at 4, then layer2, layer3, head at 8), for
+Lite0 the last block at each stride (the stride maps). OSVOS's side outputs read these: a network
+that keeps one stride (CorrFlow's) still has four stages to supervise. No parameters are added.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class SegmentationBackbone(nn.Module):
         seed: the random initialisation's seed (init=random; the global RNG is left alone).
 
     Attributes: ``strides`` (ascending), ``channels`` ({stride: C}), ``stride`` (the coarsest),
+    ``side_stages`` (names, shallow to deep), ``stage_strides`` and ``stage_channels`` ({name: ..}),
     ``config`` (what :meth:`from_config` rebuilds the architecture from; stored in checkpoints).
 
     Raises:
@@ -142,12 +150,19 @@ class SegmentationBackbone(nn.Module):
                 delattr(self.encoder, name)
         self._stages = stages[: last + 1]
         self._taps = {i: s for s, i in taps.items()}
+        if isinstance(self.encoder, _Lite0Trunk):
+            side = sorted(taps.values())
+        else:
+            side = [i for i in range(last + 1) if stage_strides[i] >= finest_stride]
+        self.side_stages = tuple(self._stages[i] for i in side)
+        self.stage_strides = {self._stages[i]: stage_strides[i] for i in side}
         self._deepest = max(taps)
         self._pooled = [s for s in _STRIDES if self._deepest < s <= min_stride]
         self.strides = tuple(sorted(taps)) + tuple(self._pooled)
         out_ch = self._probe_channels()
         self.channels = {s: out_ch[s] for s in self.strides}
         self.stride = self.strides[-1]
+        self.stage_channels = self._probe_stage_channels()
         if extra_in_channels:
             self._add_extra_conv(extra_in_channels)
         self.train()
@@ -207,6 +222,14 @@ class SegmentationBackbone(nn.Module):
         self.train(was)
         return {s: int(f.shape[1]) for s, f in feats.items()}
 
+    @torch.no_grad()
+    def _probe_stage_channels(self) -> dict[str, int]:
+        was = self.training
+        self.eval()
+        feats = self._forward_stages(torch.zeros(1, 3, _PROBE, _PROBE), None)
+        self.train(was)
+        return {name: int(f.shape[1]) for name, f in feats.items()}
+
     # -- forward -------------------------------------------------------------------------------
     def _stem(self, x: Tensor, extra: Tensor | None = None) -> Tensor:
         if self.input_norm == "imagenet":
@@ -232,9 +255,30 @@ class SegmentationBackbone(nn.Module):
             feats[s] = F.avg_pool2d(x, kernel_size=k, stride=k)
         return feats
 
+    def _forward_stages(self, image: Tensor, extra: Tensor | None) -> dict[str, Tensor]:
+        x = self._stem(image, extra)
+        want = set(self.side_stages)
+        feats: dict[str, Tensor] = {}
+        for name in self._stages:
+            x = self.encoder.get_submodule(name)(x)
+            if name in want:
+                feats[name] = x
+        return feats
+
+    def forward_stages(self, image: Tensor, extra: Tensor | None = None) -> dict[str, Tensor]:
+        """The side stages' outputs: ``image`` (B, 3, H, W) RGB in [0, 1] (``extra`` as for
+        :meth:`forward`) -> {name: (B, stage_channels[name], H / s, W / s)}, s = stage_strides[name],
+        in ``side_stages`` order. H and W must be multiples of ``stride``."""
+        self._check_inputs(image, extra)
+        return self._forward_stages(image, extra)
+
     def forward(self, image: Tensor, extra: Tensor | None = None) -> dict[int, Tensor]:
         """``image`` (B, 3, H, W) RGB in [0, 1]; ``extra`` (B, E, H, W) when built with E extra
         channels. Returns {stride: (B, channels[stride], H / stride, W / stride)}."""
+        self._check_inputs(image, extra)
+        return self._forward_maps(image, extra)
+
+    def _check_inputs(self, image: Tensor, extra: Tensor | None) -> None:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
         h, w = image.shape[-2:]
@@ -246,7 +290,6 @@ class SegmentationBackbone(nn.Module):
                 raise ValueError(f"extra must be (B, {self.extra_in_channels}, {h}, {w}) for image {tuple(image.shape)}, got {got}")
         elif extra is not None:
             raise ValueError("this backbone takes no extra input channels (build it with extra_in_channels=E)")
-        return self._forward_maps(image, extra)
 
     def train(self, mode: bool = True) -> SegmentationBackbone:
         super().train(mode)

@@ -9,9 +9,11 @@ the run's reading, writing, scoring, overlays and resume serve them all.
 - :func:`label_propagation` (the default): the first frame's labels carried by feature
   affinities; the ``features`` and ``protocol`` groups say how (a :class:`LabelPropagator`).
 - :func:`stm`: an STM segmenter trained with ``tools/finetune.py`` (:class:`STMVideoSegmenter`).
+- :func:`osvos`: an OSVOS parent network trained with ``tools/finetune.py``, fine-tuned per video
+  on its first frame, frames then segmented independently
+  (:class:`~corrflow.propagation.osvos.OSVOSVideoSegmenter`).
 
-A new method (OSVOS: per-video fine-tuning, then frames segmented independently) is one more
-builder here and one more ``conf/method/*.yaml``; the run does not change.
+A new method is one more builder here and one more ``conf/method/*.yaml``; the run does not change.
 
 Its config also names ``fingerprint_keys`` (the top-level config entries that, with ``task`` and
 ``ckpt``, decide its predictions, so that a re-run skips what it finished) and ``output_name``
@@ -32,7 +34,7 @@ from torch import Tensor, nn
 from corrflow.propagation.propagator import LabelPropagator
 from corrflow.propagation.targets import MaskTargets
 
-__all__ = ["STMVideoSegmenter", "VideoSegmenter", "checkpoint_tag", "label_propagation", "stm"]
+__all__ = ["STMVideoSegmenter", "VideoSegmenter", "checkpoint_tag", "label_propagation", "osvos", "stm"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,84 @@ def stm(
             f"or fine-tune STM from it (tools/finetune.py experiment=stm_static model.backbone.init={path})"
         ) from e
     return STMVideoSegmenter(net, memory_every=memory_every, max_memory_frames=max_memory_frames, device=device, short_side=short_side)
+
+
+def _load_osvos(path: Path, *, kind: str, key: str) -> nn.Module:
+    """The OSVOS network of ``kind`` ('osvos': the parent, 'osvos_contour': the contour branch) in the
+    file given as ``key``; other kinds of checkpoint are errors that say what to pass instead."""
+    from corrflow.models.backbone import checkpoint_kind
+    from corrflow.models.segmenters import load_segmenter
+
+    what = {"osvos": "an OSVOS parent checkpoint", "osvos_contour": "an OSVOS contour-branch checkpoint"}[kind]
+    experiment = {"osvos": "osvos_parent", "osvos_contour": "osvos_contour"}[kind]
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={path}: {what} not found")
+    found = checkpoint_kind(path)
+    if found == "pretraining":
+        raise ValueError(
+            f"{key}={path} is a corrflow pretraining checkpoint (tools/train.py), not {what}: "
+            f"train one from it with `tools/finetune.py experiment={experiment} model.backbone.init={path}`"
+        )
+    if found == "osvos_contour" and kind == "osvos":
+        raise ValueError(f"{key}={path} is an OSVOS contour-branch checkpoint, not a parent one: pass it as method.contour_ckpt=, "
+                         "and the parent (tools/finetune.py experiment=osvos_parent) as ckpt=")  # fmt: skip
+    if found == "osvos" and kind == "osvos_contour":
+        raise ValueError(f"{key}={path} is an OSVOS parent checkpoint, not a contour branch: pass it as ckpt=, and a contour "
+                         "branch (tools/finetune.py experiment=osvos_contour) as method.contour_ckpt=")  # fmt: skip
+    if found is not None and found != kind:
+        raise ValueError(f"{key}={path} is an {found.upper()} segmenter checkpoint, not {what}: segment with it by method={found}")
+    return load_segmenter(path, kind=kind)
+
+
+def osvos(
+    *,
+    ckpt: str | os.PathLike | None,
+    finetune: dict[str, Any],
+    optimizer: Callable[..., torch.optim.Optimizer],
+    threshold: float = 0.5,
+    boundary_snapping: bool = False,
+    contour_ckpt: str | os.PathLike | None = None,
+    superpixels: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: torch.device,
+    targets: Any,
+) -> Any:
+    """OSVOS from a parent checkpoint (``ckpt=``, ``tools/finetune.py experiment=osvos_parent``),
+    for object masks; with ``boundary_snapping``, snapped onto the superpixels of a contour branch
+    (``contour_ckpt``, ``experiment=osvos_contour``).
+
+    Args:
+        finetune: the one-shot fine-tuning's ``steps``, ``batch_size``, ``degrees``, ``scale``, ``hflip``.
+        optimizer: a partial optimizer for it.
+        threshold: the background threshold on the objects' probabilities.
+        superpixels: ``n_segments`` and ``compactness`` of the snapping's watershed.
+
+    Raises:
+        ValueError: no ``ckpt``, a checkpoint of another kind (saying what to pass), snapping without
+        a contour branch, targets that are not object masks.
+        FileNotFoundError: a checkpoint file that does not exist.
+    """
+    from corrflow.propagation.osvos import OSVOSVideoSegmenter
+
+    if not isinstance(targets, MaskTargets):
+        raise ValueError(
+            f"method=osvos segments object masks, but this task's targets are {type(targets).__name__}: "
+            "use method=label_propagation (the default) for it"
+        )
+    if not ckpt:
+        raise ValueError("method=osvos needs an OSVOS parent checkpoint: ckpt=<tools/finetune.py experiment=osvos_parent run>/checkpoints/final.ckpt")
+    parent = _load_osvos(Path(ckpt), kind="osvos", key="ckpt")
+    contour = None
+    if boundary_snapping:
+        if not contour_ckpt:
+            raise ValueError(
+                "method.boundary_snapping=true needs the contour branch: method.contour_ckpt=<tools/finetune.py "
+                "experiment=osvos_contour run>/checkpoints/final.ckpt"
+            )
+        contour = _load_osvos(Path(contour_ckpt), kind="osvos_contour", key="method.contour_ckpt")
+    return OSVOSVideoSegmenter(
+        parent, optimizer=optimizer, threshold=threshold, contour=contour, seed=seed, device=device, **dict(finetune), **dict(superpixels or {})
+    )
 
 
 def checkpoint_tag(path: str | os.PathLike | None) -> str:

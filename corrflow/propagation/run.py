@@ -50,11 +50,14 @@ RUNS_DIR = "runs"
 
 def register_resolvers() -> None:
     """``corrflow_checkpoint_tag`` for the output folder names in conf/method/*.yaml
-    (:func:`corrflow.propagation.methods.checkpoint_tag`)."""
+    (:func:`corrflow.propagation.methods.checkpoint_tag`), and ``corrflow_suffix_if:<flag>,<suffix>``
+    (the suffix when the flag is true, else nothing)."""
     from corrflow.propagation.methods import checkpoint_tag
 
     if not OmegaConf.has_resolver("corrflow_checkpoint_tag"):
         OmegaConf.register_new_resolver("corrflow_checkpoint_tag", checkpoint_tag)
+    if not OmegaConf.has_resolver("corrflow_suffix_if"):
+        OmegaConf.register_new_resolver("corrflow_suffix_if", lambda flag, suffix: str(suffix) if bool(flag) else "")
 
 
 register_resolvers()

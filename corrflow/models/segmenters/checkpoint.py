@@ -1,7 +1,7 @@
 """What a segmenter checkpoint holds besides Lightning's own keys, and how to read a segmenter back.
 
 A segmenter training checkpoint (``tools/finetune.py``) carries ``checkpoint["corrflow"]``:
-``{"format": 1, "kind": "stm", "backbone": <SegmentationBackbone.config>, "segmenter":
+``{"format": 1, "kind": "stm" | "osvos" | "osvos_contour", "backbone": <SegmentationBackbone.config>, "segmenter":
 <the segmenter's config>, "prefix": "net."}``. It has no ``encoder`` entry, so
 :func:`corrflow.models.checkpoint.load_encoder` refuses it, and a pretraining checkpoint (which
 has no ``kind``) is refused here: each with an error that says which kind of file it is.
@@ -25,15 +25,16 @@ FORMAT = 1
 
 
 def _segmenter_classes() -> dict[str, type[nn.Module]]:
+    from corrflow.models.segmenters.osvos import OSVOSNet
     from corrflow.models.segmenters.stm import STMSegmenter
 
-    return {"stm": STMSegmenter}
+    return {"stm": STMSegmenter, "osvos": OSVOSNet, "osvos_contour": OSVOSNet}
 
 
 def segmenter_payload(net: nn.Module, *, kind: str, prefix: str) -> dict[str, Any]:
     """The ``checkpoint["corrflow"]`` entry for a segmenter ``net`` living at ``prefix`` of the
-    module's state dict (its query encoder's config describes the backbone)."""
-    return {"format": FORMAT, "kind": kind, "backbone": dict(net.query_encoder.config), "segmenter": dict(net.config), "prefix": prefix}
+    module's state dict (its ``backbone``'s config describes the backbone)."""
+    return {"format": FORMAT, "kind": kind, "backbone": dict(net.backbone.config), "segmenter": dict(net.config), "prefix": prefix}
 
 
 def load_segmenter(path: str | os.PathLike, *, kind: str = "stm", map_location: str | torch.device = "cpu") -> nn.Module:

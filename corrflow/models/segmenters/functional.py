@@ -1,4 +1,5 @@
-"""Pure tensor functions of the memory-based segmenters: the memory read and soft aggregation."""
+"""Pure tensor functions of the segmenters: STM's memory read and soft aggregation, OSVOS's
+training targets (foreground, mask boundaries)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["memory_read", "soft_aggregate"]
+__all__ = ["foreground_target", "mask_boundaries", "memory_read", "soft_aggregate"]
 
 MASKED_LOGIT = -1.0e4  # the logit of an absent object: probability exactly 0 after a softmax
 
@@ -93,3 +94,36 @@ def soft_aggregate(fg_prob: Tensor, *, valid: Tensor | None = None, eps: float =
         keep = torch.cat([valid.new_ones(valid.shape[0], 1), valid], dim=1)[:, :, None, None]
         logits = logits.masked_fill(~keep, MASKED_LOGIT)
     return logits
+
+
+def foreground_target(ids: Tensor, *, ignore_index: int = 255) -> Tensor:
+    """(B, H, W) object ids -> (B, H, W) int64: 1 for every object (any id but 0), 0 background,
+    ``ignore_index`` where the ids are void (OSVOS's parent: every object is foreground)."""
+    out = (ids != 0).long()
+    return out.masked_fill(ids == ignore_index, ignore_index)
+
+
+def mask_boundaries(ids: Tensor, *, width: int = 1, ignore_index: int = 255) -> Tensor:
+    """The boundaries of an id map, OSVOS's contour branch's training target.
+
+    A pixel is on a boundary when its (2 * width + 1)^2 window holds two different ids, void
+    excluded (so a boundary runs ``width`` pixels deep on each side of the edge between two labels;
+    background counts as a label, void as none).
+
+    Args:
+        ids: (B, H, W) integer ids (0 background, 1..N objects, ``ignore_index`` void).
+
+    Returns:
+        (B, H, W) int64: 1 boundary, 0 not, ``ignore_index`` at void pixels.
+    """
+    if ids.ndim != 3:
+        raise ValueError(f"ids must be (B, H, W), got {tuple(ids.shape)}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    void = ids == ignore_index
+    x = ids.double()[:, None]
+    k = 2 * width + 1
+    hi = F.max_pool2d(x.masked_fill(void[:, None], -1.0), k, stride=1, padding=width)
+    lo = -F.max_pool2d(-x.masked_fill(void[:, None], math.inf), k, stride=1, padding=width)
+    edge = (hi != lo) & (hi >= 0) & torch.isfinite(lo)
+    return edge[:, 0].long().masked_fill(void, ignore_index)

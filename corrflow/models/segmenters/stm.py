@@ -135,6 +135,11 @@ class STMSegmenter(nn.Module):
         self.decoder = STMDecoder(in_channels=2 * value_dim, skip_channels=skips, dim=decoder_dim)
         self.output_stride = min(skips) if skips else backbone.stride
 
+    @property
+    def backbone(self) -> SegmentationBackbone:
+        """The query encoder: the backbone STM was built on (its config describes it in checkpoints)."""
+        return self.query_encoder
+
     # -- encoders ------------------------------------------------------------------------------
     def encode_memory(self, image: Tensor, prob: Tensor, *, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Memory key and value of one frame, per object.

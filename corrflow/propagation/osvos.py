@@ -1,0 +1,196 @@
+"""OSVOS at test time: per video, a copy of the parent network fine-tuned on the first frame of
+each object (one-shot), then every frame segmented independently; optionally snapped onto the
+contour branch's superpixels (:mod:`corrflow.propagation.boundary_snapping`).
+
+:class:`OSVOSVideoSegmenter` is the :class:`~corrflow.propagation.methods.VideoSegmenter` that
+``tools/propagate.py method=osvos`` runs: the one-shot fine-tuning happens at the first frame's
+step (the step that brings its labels), the other steps segment.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision import tv_tensors
+
+from corrflow.data.vos_static import affine_augmentation
+from corrflow.losses.class_balanced_bce import ClassBalancedBCE, deep_supervision_loss
+from corrflow.models.segmenters.osvos import OSVOSNet
+from corrflow.propagation.boundary_snapping import snap_to_contours
+from corrflow.utils.seeding import derive_seed, seeded_cpu_rng
+
+__all__ = ["OSVOSVideoSegmenter", "combine_objects", "one_shot_finetune"]
+
+log = logging.getLogger(__name__)
+
+
+def one_shot_finetune(
+    parent: OSVOSNet,
+    image: Tensor,
+    mask: Tensor,
+    *,
+    steps: int,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    batch_size: int = 1,
+    degrees: float = 30.0,
+    scale: Sequence[float] = (0.75, 1.25),
+    hflip: float = 0.5,
+    loss: nn.Module | None = None,
+    seed: int = 0,
+) -> OSVOSNet:
+    """A copy of ``parent`` fine-tuned on one frame and its object's mask (OSVOS's one-shot step).
+
+    Each of the ``steps`` optimizer steps sees ``batch_size`` augmentations of the frame (rotation
+    +-``degrees``, zoom in ``scale``, a flip with probability ``hflip``; image and mask through
+    one transform, :func:`~corrflow.data.vos_static.affine_augmentation`). The loss is
+    :func:`~corrflow.losses.class_balanced_bce.deep_supervision_loss` with the side weight falling
+    linearly from 1 to 0 over the steps. ``parent`` is left unchanged.
+
+    Args:
+        parent: the parent network.
+        image: (3, H, W) RGB in [0, 1].
+        mask: (H, W) the object's mask (> 0.5: the object).
+        steps: optimizer steps (0: the parent's copy as it is).
+        optimizer: a partial optimizer taking ``params``.
+        seed: the augmentations' random draws (torch's CPU generator, restored afterwards).
+
+    Returns:
+        the fine-tuned copy, in eval mode.
+    """
+    if image.ndim != 3 or image.shape[0] != 3 or mask.shape != image.shape[-2:]:
+        raise ValueError(f"image must be (3, H, W) and mask (H, W) of the same size, got {tuple(image.shape)} and {tuple(mask.shape)}")
+    net = copy.deepcopy(parent).train()
+    if steps <= 0:
+        return net.eval()
+    loss = loss if loss is not None else ClassBalancedBCE()
+    opt = optimizer(params=[p for p in net.parameters() if p.requires_grad])
+    augment = affine_augmentation(degrees=degrees, scale=scale, hflip=hflip)
+    img, target = tv_tensors.Image(image.float()), tv_tensors.Mask((mask > 0.5).to(torch.uint8))
+    with torch.enable_grad(), seeded_cpu_rng(seed):
+        for i in range(steps):
+            pairs = [augment(img, target) for _ in range(batch_size)]
+            x = torch.stack([p[0].as_subclass(Tensor) for p in pairs])
+            t = torch.stack([p[1].as_subclass(Tensor) for p in pairs]).long()
+            out = net(x)
+            losses = deep_supervision_loss(out.sides, out.fused, t, side_weight=1.0 - i / steps, loss=loss)
+            if not torch.isfinite(losses["loss"]):
+                raise FloatingPointError(f"one-shot fine-tuning: non-finite loss at step {i}; lower method.optimizer.lr")
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+    return net.eval()
+
+
+def combine_objects(probs: Tensor, *, threshold: float) -> Tensor:
+    """Per-object foreground probabilities -> labels over background + objects: a pixel is the
+    object of the highest probability where that reaches ``threshold``, else background.
+
+    Args:
+        probs: (N, H, W) each object's one-shot network's probability.
+
+    Returns:
+        (1 + N, H, W): channel 0 is ``threshold`` everywhere, then ``probs``, so that the
+        arg-max over channels (ties: the lower channel) is that rule.
+    """
+    return torch.cat([torch.full_like(probs[:1], threshold), probs], dim=0)
+
+
+class OSVOSVideoSegmenter:
+    """OSVOS behind the :class:`~corrflow.propagation.methods.VideoSegmenter` steps (``stride`` 1).
+
+    The first frame's step fine-tunes one copy of the parent per object (:func:`one_shot_finetune`,
+    each from its own seed, derived from ``seed`` and the object's channel, so a video's result
+    does not depend on the videos before it); the other steps run each copy on the frame
+    (independently of every other frame) and combine them (:func:`combine_objects`). With a
+    ``contour`` network, the arg-max labels are snapped onto the superpixels of its contour map
+    and returned one-hot. The fine-tuned copies live until the next video starts.
+
+    A first frame without objects: a warning, and background for the whole video.
+
+    Args:
+        parent: the parent network (:func:`~corrflow.models.segmenters.load_segmenter`, kind 'osvos').
+        steps, optimizer, batch_size, degrees, scale, hflip: the one-shot fine-tuning.
+        threshold: the background threshold on the objects' probabilities.
+        contour: the contour branch (kind 'osvos_contour'), or None: no snapping.
+        n_segments, compactness: the superpixels (:func:`~corrflow.propagation.boundary_snapping.contour_superpixels`).
+        seed: the fine-tuning's augmentations.
+        device: where the networks and frames live.
+    """
+
+    stride = 1
+
+    def __init__(
+        self,
+        parent: OSVOSNet,
+        *,
+        steps: int = 100,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        batch_size: int = 1,
+        degrees: float = 30.0,
+        scale: Sequence[float] = (0.75, 1.25),
+        hflip: float = 0.5,
+        threshold: float = 0.5,
+        contour: OSVOSNet | None = None,
+        n_segments: int = 1500,
+        compactness: float = 0.0,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        self.device = torch.device(device)
+        self.parent = parent.to(self.device).eval()
+        self.contour = contour.to(self.device).eval() if contour is not None else None
+        self.finetune_kwargs = dict(steps=int(steps), optimizer=optimizer, batch_size=int(batch_size), degrees=degrees, scale=tuple(scale), hflip=hflip)
+        self.threshold, self.n_segments, self.compactness, self.seed = float(threshold), int(n_segments), float(compactness), int(seed)
+        self.models: list[OSVOSNet] = []
+        self.finetune_seconds = 0.0  # the last video's one-shot fine-tuning, all objects
+        self._empty: tuple[int, ...] | None = None
+
+    def start(self, frame: Tensor, objects: Tensor) -> None:
+        """Fine-tune one copy of the parent per object: ``frame`` (3, H, W), ``objects`` (N, H, W) masks."""
+        image = frame.to(self.device, torch.float32)
+        t0 = time.perf_counter()
+        self.models = [
+            one_shot_finetune(self.parent, image, objects[k].to(self.device), seed=derive_seed(self.seed, "osvos-object", k), **self.finetune_kwargs)
+            for k in range(objects.shape[0])
+        ]
+        self.finetune_seconds = time.perf_counter() - t0
+        log.info("one-shot fine-tuning: %d object(s) x %d steps in %.1f s", len(self.models), self.finetune_kwargs["steps"], self.finetune_seconds)
+
+    @torch.no_grad()
+    def segment(self, frame: Tensor) -> Tensor:
+        """(3, H, W) -> (1 + N, H, W) labels of the video's objects (see the class docstring)."""
+        image = frame.to(self.device, torch.float32)[None]
+        probs = torch.cat([torch.sigmoid(m(image).fused[0].float()) for m in self.models])  # (N, H, W)
+        labels = combine_objects(probs, threshold=self.threshold)
+        if self.contour is None:
+            return labels
+        contour = torch.sigmoid(self.contour(image).fused[0, 0].float())
+        ids = snap_to_contours(labels.argmax(0), contour, n_segments=self.n_segments, compactness=self.compactness)
+        return torch.nn.functional.one_hot(ids, labels.shape[0]).permute(2, 0, 1).float()
+
+    def step(self, frame: Tensor, labels: Tensor | None = None) -> Tensor:
+        if labels is not None:
+            if labels.ndim != 3 or labels.shape[-2:] != frame.shape[-2:]:
+                raise ValueError(f"labels must be (1 + N, {frame.shape[-2]}, {frame.shape[-1]}) at the frame's pixels, got {tuple(labels.shape)}")
+            self.models = []
+            if labels.shape[0] == 1 or not bool((labels[1:] > 0.5).any()):
+                log.warning("the first frame has no object: the video's predictions are background")
+                self._empty = (1, *labels.shape[1:])
+                return labels.to(self.device, torch.float32)
+            self._empty = None
+            self.start(frame, labels[1:])
+            return labels.to(self.device, torch.float32)
+        if self._empty is not None:
+            out = torch.zeros(self._empty, device=self.device)
+            out[0] = 1.0
+            return out
+        if not self.models:
+            raise RuntimeError("the first step of a video needs its labels: step(frame, labels)")
+        return self.segment(frame)

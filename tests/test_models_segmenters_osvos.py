@@ -1,0 +1,114 @@
+"""OSVOSNet on the SegmentationBackbone's side stages: shapes at odd sizes for every backbone, the
+fused output against an explicit upsample-concatenate-fuse reference in float64, gradients reach
+every side, the training targets (foreground, boundaries), and the checkpoint round trip."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from corrflow.models.backbone import SegmentationBackbone
+from corrflow.models.segmenters import OSVOSNet, foreground_target, mask_boundaries
+from corrflow.propagation.labels import pad_to_stride
+
+HAS_LITE = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def backbone(arch: str) -> SegmentationBackbone:
+    return SegmentationBackbone(arch=arch, finest_stride=4, min_stride=4, max_stride=32)
+
+
+@pytest.mark.parametrize(
+    ("arch", "stages", "strides"),
+    [
+        ("corrflow", ("layer2", "layer3", "layer4", "head"), (4, 4, 4, 4)),
+        ("crw", ("layer1", "layer2", "layer3", "head"), (4, 8, 8, 8)),
+        pytest.param("lite0", ("blocks.2", "blocks.4", "blocks.10", "blocks.15"), (4, 8, 16, 32),
+                     marks=pytest.mark.skipif(not HAS_LITE, reason="needs efficientnet-lite-pytorch")),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("size", [(33, 47), (29, 50)])
+def test_side_and_fused_shapes_at_odd_sizes(arch, stages, strides, size):
+    net = OSVOSNet(backbone=backbone(arch), n_sides=4, side_channels=4)
+    assert net.stages == stages and tuple(net.backbone.stage_strides[s] for s in stages) == strides
+    x = torch.rand(2, 3, *size)
+    out = net(x)
+    assert out.sides.shape == (2, 4, *size) and out.fused.shape == (2, 1, *size)
+    assert torch.isfinite(out.fused).all()
+
+
+def test_stage_maps_have_the_advertised_strides_and_channels():
+    bb = backbone("crw")
+    feats = bb.forward_stages(torch.rand(1, 3, 32, 48))
+    assert list(feats) == list(bb.side_stages)
+    for name, f in feats.items():
+        s = bb.stage_strides[name]
+        assert f.shape == (1, bb.stage_channels[name], 32 // s, 48 // s)
+    # the stride maps are the same tensors as the last stage at each stride
+    maps = bb(torch.rand(1, 3, 32, 48).fill_(0.3))
+    again = bb.forward_stages(torch.rand(1, 3, 32, 48).fill_(0.3))
+    torch.testing.assert_close(maps[4], again["layer1"])
+    torch.testing.assert_close(maps[8], again["head"])
+
+
+def test_fused_equals_upsampling_the_prepared_maps_then_fusing_float64():
+    torch.manual_seed(0)
+    net = OSVOSNet(backbone=backbone("crw"), n_sides=3, side_channels=5).double().eval()
+    with torch.no_grad():
+        net.fuse.bias.fill_(0.7)
+    x = torch.rand(1, 3, 27, 37, dtype=torch.float64)
+    out = net(x)
+    padded = pad_to_stride(x, net.stride)
+    feats = net.backbone.forward_stages(padded)
+    ups = [F.interpolate(net.prep[net._key(s)](feats[s]), size=padded.shape[-2:], mode="bilinear", align_corners=False) for s in net.stages]
+    fused = net.fuse(torch.cat(ups, 1))[..., :27, :37]
+    sides = torch.cat([net.score[net._key(s)](u) for s, u in zip(net.stages, ups)], 1)[..., :27, :37]
+    torch.testing.assert_close(out.fused, fused, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.sides, sides, rtol=1e-10, atol=1e-10)
+
+
+def test_every_side_gets_gradients():
+    net = OSVOSNet(backbone=backbone("crw"), n_sides=4, side_channels=4)
+    out = net(torch.rand(1, 3, 32, 32))
+    (out.sides.sum() + out.fused.sum()).backward()
+    for name, p in net.named_parameters():
+        if name.startswith(("prep", "score", "fuse")):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_too_many_sides_names_the_stages():
+    with pytest.raises(ValueError, match=r"n_sides=5, but the backbone has 4 side stages \(layer1, layer2, layer3, head\)"):
+        OSVOSNet(backbone=backbone("crw"), n_sides=5)
+    with pytest.raises(ValueError, match="RGB only"):
+        OSVOSNet(backbone=SegmentationBackbone(arch="crw", extra_in_channels=2))
+
+
+def test_targets_foreground_and_boundaries():
+    ids = torch.tensor([[[0, 0, 2, 2, 2], [0, 1, 1, 255, 2], [0, 1, 1, 0, 0]]])
+    assert foreground_target(ids).tolist() == [[[0, 0, 1, 1, 1], [0, 1, 1, 255, 1], [0, 1, 1, 0, 0]]]
+    # hand-computed: a pixel whose 3x3 window (void excluded) holds two labels
+    assert mask_boundaries(ids).tolist() == [[[1, 1, 1, 1, 0], [1, 1, 1, 255, 1], [1, 1, 1, 1, 1]]]
+    flat = torch.zeros(1, 6, 9, dtype=torch.long)
+    flat[0, :, 5:] = 1
+    b = mask_boundaries(flat, width=2)
+    assert b[0, 0].tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0]  # two pixels deep on each side of the edge
+    assert mask_boundaries(torch.zeros(1, 4, 4, dtype=torch.long)).sum() == 0
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from corrflow.models.segmenters import load_segmenter, segmenter_payload
+
+    torch.manual_seed(0)
+    net = OSVOSNet(backbone=backbone("crw"), n_sides=4, side_channels=4)
+    ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "corrflow": segmenter_payload(net, kind="osvos", prefix="net.")}
+    torch.save(ckpt, tmp_path / "o.ckpt")
+    loaded = load_segmenter(tmp_path / "o.ckpt", kind="osvos")
+    x = torch.rand(1, 3, 24, 40)
+    torch.testing.assert_close(loaded(x).fused, net.eval()(x).fused)
+    with pytest.raises(ValueError, match="is a OSVOS checkpoint, not a STM one|is an OSVOS checkpoint"):
+        load_segmenter(tmp_path / "o.ckpt", kind="stm")

@@ -1,0 +1,214 @@
+"""``tools/propagate.py method=osvos``: the one-shot step improves the fit to the first frame; the
+objects are combined by arg-max with a background threshold; a first frame without objects; end to
+end on generated DAVIS trees (davis and davis2016) through the run's writing, scoring, overlays and
+resume, with and without boundary snapping; wrong kinds of checkpoint say what to pass."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from corrflow.losses import class_balanced_bce_loss
+from corrflow.models.segmenters import load_segmenter
+from corrflow.propagation.osvos import OSVOSVideoSegmenter, combine_objects, one_shot_finetune
+from corrflow.propagation.run import propagate
+from corrflow.utils.io import read_indexed_png
+from tests.helpers.vos_synthetic import moving_objects, write_davis_tree
+from tests.test_data_jhmdb import make_jhmdb_tree
+from tests.test_tools_propagate import CONF_DIR, compose_cfg, make_checkpoint
+
+HAS_EVALUATION = importlib.util.find_spec("corrflow.evaluation") is not None
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = ("method.finetune.steps=3", "method.superpixels.n_segments=12")
+
+
+def save_osvos_checkpoint(path: Path, *, target: str = "mask", seed: int = 0) -> Path:
+    """An untrained OSVOS network (CRW-variant backbone, narrow sides) saved as tools/finetune.py does."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="finetune", overrides=["experiment=osvos_parent", "model.backbone.arch=crw",
+                                                          "model.net.side_channels=4", f"model.target={target}"])  # fmt: skip
+    GlobalHydra.instance().clear()
+    torch.manual_seed(seed)
+    lit = instantiate(cfg.model)
+    ckpt = {"state_dict": lit.state_dict(), "global_step": 0}
+    lit.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def stm_checkpoint(path: Path) -> Path:
+    """What decides the kind of a segmenter checkpoint: its ``corrflow`` entry (weights not needed)."""
+    torch.save({"state_dict": {}, "corrflow": {"format": 1, "kind": "stm", "backbone": {}, "segmenter": {}, "prefix": "net."}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("osvos")
+    return {
+        "parent": save_osvos_checkpoint(d / "parent.ckpt"),
+        "contour": save_osvos_checkpoint(d / "contour.ckpt", target="contour", seed=1),
+        "stm": stm_checkpoint(d / "stm.ckpt"),
+        "pre": make_checkpoint(d / "pre.ckpt"),
+    }
+
+
+@pytest.fixture
+def davis_root(tmp_path: Path) -> Path:
+    return write_davis_tree(tmp_path / "DAVIS", {"a": 5, "b": 4}, size=(32, 48), n_objects=2, split="val")
+
+
+def run_osvos(root: Path, out: Path, ckpt: Path, *extra: str, task: str = "davis") -> dict:
+    return propagate(compose_cfg(f"task={task}", "method=osvos", f"ckpt={ckpt}", f"data.root={root}", f"output_dir={out}", *FAST, *extra))
+
+
+# -- the one-shot step -------------------------------------------------------------------------
+
+def test_one_shot_finetuning_improves_the_fit_to_the_first_frame(ckpts):
+    parent = load_segmenter(ckpts["parent"], kind="osvos")
+    frames, masks = moving_objects(3, (32, 48), n_objects=1, seed=5)
+    image = torch.from_numpy(frames[0]).permute(2, 0, 1).float() / 255
+    target = torch.from_numpy(masks[0] == 1).float()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+
+    def fit(net):
+        with torch.no_grad():
+            logit = net(image[None]).fused
+        pred = logit[0, 0] > 0
+        iou = (pred & target.bool()).sum() / (pred | target.bool()).sum()
+        return class_balanced_bce_loss(logit, target[None].long()).item(), float(iou)
+
+    loss0, iou0 = fit(parent)
+    tuned = one_shot_finetune(parent, image, target, steps=25, optimizer=partial(torch.optim.Adam, lr=1e-3), seed=0)
+    loss1, iou1 = fit(tuned)
+    assert loss1 < 0.5 * loss0 and iou1 > iou0 + 0.2, (loss0, loss1, iou0, iou1)
+    assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())  # the parent is left alone
+    assert not tuned.training
+    # seeded: the same draws give the same copy
+    again = one_shot_finetune(parent, image, target, steps=2, optimizer=partial(torch.optim.Adam, lr=1e-3), seed=4)
+    other = one_shot_finetune(parent, image, target, steps=2, optimizer=partial(torch.optim.Adam, lr=1e-3), seed=4)
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in again.state_dict().items())
+
+
+def test_objects_combined_by_argmax_with_a_background_threshold():
+    probs = torch.tensor([[[0.9, 0.3, 0.6, 0.2]], [[0.8, 0.4, 0.7, 0.1]]])  # (N=2, 1, 4)
+    labels = combine_objects(probs, threshold=0.5)
+    assert labels.argmax(0).tolist() == [[1, 0, 2, 0]]
+    assert combine_objects(probs, threshold=0.35).argmax(0).tolist() == [[1, 2, 2, 0]]
+
+
+def test_a_first_frame_without_objects_gives_background(ckpts, caplog):
+    seg = OSVOSVideoSegmenter(load_segmenter(ckpts["parent"], kind="osvos"), steps=1, optimizer=partial(torch.optim.Adam, lr=1e-3))
+    frame = torch.rand(3, 16, 24)
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(seg.step(frame, torch.ones(1, 16, 24)), torch.ones(1, 16, 24))
+    assert "no object" in caplog.text and seg.models == []
+    assert torch.equal(seg.step(frame), torch.ones(1, 16, 24))
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+def test_osvos_end_to_end_writes_scores_and_resumes(davis_root, ckpts, tmp_path):
+    out = tmp_path / "out"
+    result = run_osvos(davis_root, out, ckpts["parent"])
+    for seq, n in (("a", 5), ("b", 4)):
+        pred = np.stack([read_indexed_png(p) for p in sorted((out / "results" / seq).glob("*.png"))])
+        assert pred.shape == (n, 32, 48) and set(np.unique(pred).tolist()) <= {0, 1, 2}
+        np.testing.assert_array_equal(pred[0], read_indexed_png(davis_root / "Annotations" / "480p" / seq / "00000.png"))
+        assert (out / "results" / f"{seq}.done").is_file() and (out / "overlays" / f"{seq}.gif").is_file()
+    if HAS_EVALUATION:
+        assert 0.0 <= result["scores"]["J&F-Mean"] <= 1.0
+    (out / "results" / "b.done").unlink()
+    assert run_osvos(davis_root, out, ckpts["parent"], "overlay=null", "score=false")["skipped"] == ["a"]
+    # another one-shot setting redoes both
+    assert run_osvos(davis_root, out, ckpts["parent"], "overlay=null", "score=false", "method.finetune.steps=2")["skipped"] == []
+
+
+def test_osvos_with_boundary_snapping_on_davis2016(tmp_path, ckpts):
+    root = write_davis_tree(tmp_path / "DAVIS", {"c": 4}, size=(32, 40), n_objects=1, year="2016", split="val")
+    out = tmp_path / "out"
+    run_osvos(root, out, ckpts["parent"], "method.boundary_snapping=true", f"method.contour_ckpt={ckpts['contour']}", "overlay=null",
+              task="davis2016")  # fmt: skip
+    pred = np.stack([read_indexed_png(p) for p in sorted((out / "results" / "c").glob("*.png"))])
+    assert pred.shape == (4, 32, 40) and set(np.unique(pred).tolist()) <= {0, 1}
+
+
+def test_snapped_frames_are_the_unsnapped_labels_on_the_contour_superpixels(ckpts):
+    from corrflow.propagation.boundary_snapping import snap_to_contours
+
+    parent, contour = load_segmenter(ckpts["parent"], kind="osvos"), load_segmenter(ckpts["contour"], kind="osvos_contour")
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    plain = OSVOSVideoSegmenter(parent, steps=2, optimizer=opt)
+    snap = OSVOSVideoSegmenter(parent, steps=2, optimizer=opt, contour=contour, n_segments=10)
+    frames, masks = moving_objects(2, (32, 48), n_objects=2, seed=1)
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    onehot = torch.stack([torch.from_numpy(masks[0] == i).float() for i in range(3)])
+    plain.step(images[0], onehot)
+    snap.step(images[0], onehot)
+    ids = plain.step(images[1]).argmax(0)
+    with torch.no_grad():
+        cmap = torch.sigmoid(contour(images[1][None]).fused[0, 0])
+    expected = snap_to_contours(ids, cmap, n_segments=10)
+    torch.testing.assert_close(snap.step(images[1]).argmax(0), expected)
+
+
+def test_output_folders_name_method_and_snapping():
+    base = compose_cfg("task=davis", "method=osvos", "ckpt=/x/logs/osvos_parent/runs/2024-05-01_10-00-00/checkpoints/final.ckpt")
+    assert base.output_dir.endswith("/propagate/davis-osvos-2024-05-01_10-00-00-final")
+    snap = compose_cfg("task=davis2016", "method=osvos", "ckpt=/x/p.ckpt", "method.boundary_snapping=true")
+    assert snap.output_dir.endswith("/propagate/davis2016-osvos-snap-p")
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_wrong_kinds_of_checkpoint_say_what_to_pass(davis_root, ckpts, tmp_path):
+    out = tmp_path / "out"
+    cases = [
+        ((ckpts["pre"],), r"pre\.ckpt is a corrflow pretraining checkpoint .*not an OSVOS parent checkpoint: .*experiment=osvos_parent model\.backbone\.init="),
+        ((ckpts["stm"],), r"stm\.ckpt is an STM segmenter checkpoint, not an OSVOS parent checkpoint: segment with it by method=stm"),
+        ((ckpts["contour"],), r"contour\.ckpt is an OSVOS contour-branch checkpoint, not a parent one: pass it as method\.contour_ckpt="),
+        ((ckpts["parent"], "method.boundary_snapping=true", f"method.contour_ckpt={ckpts['parent']}"),
+         r"method\.contour_ckpt=.*parent\.ckpt is an OSVOS parent checkpoint, not a contour branch"),
+        ((ckpts["parent"], "method.boundary_snapping=true"), r"boundary_snapping=true needs the contour branch: method\.contour_ckpt="),
+        ((tmp_path / "gone.ckpt",), r"gone\.ckpt: an OSVOS parent checkpoint not found"),
+    ]  # fmt: skip
+    for (ckpt, *extra), pattern in cases:
+        with pytest.raises((ValueError, FileNotFoundError), match=pattern):
+            run_osvos(davis_root, out, ckpt, *extra)
+    broken = torch.load(ckpts["parent"], weights_only=False)
+    broken["state_dict"]["net.fuse.weight"] = broken["state_dict"]["net.fuse.weight"][:, :8]  # 2 sides' worth, not 4
+    del broken["state_dict"]["net.score.head.bias"]
+    torch.save(broken, tmp_path / "broken.ckpt")
+    with pytest.raises(ValueError, match=r"broken\.ckpt: the weights do not fit; missing \(1\): score\.head\.bias; shape differs \(1\): fuse\.weight"):
+        run_osvos(davis_root, out, tmp_path / "broken.ckpt")
+    with pytest.raises(ValueError, match=r"method=osvos needs an OSVOS parent checkpoint: ckpt="):
+        propagate(compose_cfg("task=davis", "method=osvos", f"data.root={davis_root}", f"output_dir={out}"))
+    jhmdb = make_jhmdb_tree(tmp_path / "JHMDB")
+    with pytest.raises(ValueError, match=r"method=osvos segments object masks.*KeypointTargets"):
+        propagate(compose_cfg("task=jhmdb", "method=osvos", f"ckpt={ckpts['parent']}", f"data.root={jhmdb}", f"output_dir={out}"))
+    assert not out.exists()  # nothing written by a run whose inputs fail
+
+
+@pytest.mark.slow
+def test_entry_script_wrong_checkpoint_is_one_line(davis_root, ckpts, tmp_path):
+    from tests.test_tools_propagate import REPO
+    from tests.test_utils_cli import assert_one_clear_line, run_tool
+
+    proc = run_tool(
+        REPO / "tools" / "propagate.py", "task=davis", "method=osvos", f"ckpt={ckpts['pre']}", f"data.root={davis_root}",
+        f"output_dir={tmp_path / 'out'}", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}",
+    )  # fmt: skip
+    assert_one_clear_line(proc, r"^error: ckpt=.*pre\.ckpt is a corrflow pretraining checkpoint .*experiment=osvos_parent")
+    assert not (tmp_path / "out").exists()
