@@ -124,8 +124,9 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     hparams = {"config": OmegaConf.to_container(cfg, resolve=True), "git_sha": git_sha()}
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
-    bb = model.net.query_encoder.config
-    arch = bb["arch"] if isinstance(bb["arch"], str) else f"ResNet (stride {model.net.query_encoder.stride})"
+    backbone = getattr(model.net, "query_encoder", None) or model.net.backbone  # STM's, or a classifier's
+    bb = backbone.config
+    arch = bb["arch"] if isinstance(bb["arch"], str) else f"ResNet (stride {backbone.stride})"
     log.info("git %s; %s on a %s backbone, init=%s; output in %s", hparams["git_sha"], model.kind.upper(), arch, bb["init"], trainer.default_root_dir)
 
     return fit_and_finish(cfg, trainer, model, datamodule, callbacks, ckpt_path=resume)
