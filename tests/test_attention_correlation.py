@@ -10,6 +10,7 @@ import torch
 
 from corrflow.attention import local_correlation, restricted_attention, window_offsets, window_validity
 from corrflow.attention.reference import local_correlation_reference
+from tests.helpers.run_if import requires_cuda
 
 # (B, C, H, W), radius, tile
 CASES = {
@@ -102,3 +103,11 @@ def test_bad_shapes_are_named() -> None:
         local_correlation(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5), radius=1)
     with pytest.raises(ValueError, match="radius"):
         local_correlation(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), radius=-1)
+
+
+@requires_cuda
+def test_cuda_matches_reference() -> None:
+    q, k = _pair((2, 16, 30, 41))
+    want = local_correlation_reference(q, k, radius=7)
+    got = local_correlation(q.float().cuda(), k.float().cuda(), radius=7).double().cpu()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

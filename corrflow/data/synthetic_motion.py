@@ -45,3 +45,25 @@ def write_moving_texture_videos(
                 x, y = x0 - dx * step * t, y0 - dy * step * t
                 Image.fromarray(big[y : y + h, x : x + w]).save(folder / f"{t:05d}.png")
     return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m corrflow.data.synthetic_motion <root> [--videos-per-class 40] ...``"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m corrflow.data.synthetic_motion", description=__doc__)
+    p.add_argument("root")
+    p.add_argument("--videos-per-class", type=int, default=40)
+    p.add_argument("--n-frames", type=int, default=8)
+    p.add_argument("--size", type=int, nargs=2, default=[64, 64])
+    p.add_argument("--step", type=int, default=8)
+    p.add_argument("--grain", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    root = write_moving_texture_videos(a.root, videos_per_class=a.videos_per_class, n_frames=a.n_frames, size=tuple(a.size),
+                                       step=a.step, grain=a.grain, seed=a.seed)  # fmt: skip
+    print(f"{4 * a.videos_per_class} videos under {root}")
+
+
+if __name__ == "__main__":
+    main()

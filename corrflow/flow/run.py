@@ -165,7 +165,11 @@ def flow(cfg: DictConfig) -> dict[str, Any]:
     features = instantiate(cfg.features.extractor).to(device).eval()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=False))
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra run (the compose API)
+        text = OmegaConf.to_yaml(cfg)
+    (out / "config.yaml").write_text(text)
     recorder_factory = instantiate(cfg.overlay) if cfg.get("overlay") else None
     log.info("flow: %d video(s), features=%s (stride %d) on %s -> %s", len(sources), cfg.features.name,
              features.stride, device, out)  # fmt: skip
