@@ -153,7 +153,10 @@ class ActionVideoDataset(Dataset):
 
     def _read(self, i: int, rng: random.Random | None) -> torch.Tensor:
         source = self.sources[i]
-        idx = segment_indices(num_frames(source), self.n_segments, rng=rng)
+        n = num_frames(source)
+        if n < 1:
+            raise VideoReadError(f"{source.path}: no frames")
+        idx = segment_indices(n, self.n_segments, rng=rng)
         return resize_frames(read_frames(source, idx), self.size)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
@@ -165,7 +168,7 @@ class ActionVideoDataset(Dataset):
         for _ in range(self.max_retries + 1):
             try:
                 return {"frames": self._read(i, rng), "label": self.labels[i], "skipped": skipped}
-            except (VideoReadError, ValueError) as e:
+            except VideoReadError as e:
                 log.warning("skipping an unreadable video: %s", e)
                 skipped += 1
                 i = (rng or random.Random(index * 1000 + skipped)).randrange(len(self))
