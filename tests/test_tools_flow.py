@@ -13,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from corrflow.flow import confidence_picture, flow, flow_picture
+from tests.test_tools_propagate import make_checkpoint
 from tests.test_utils_cli import assert_one_clear_line, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +88,14 @@ def test_errors_name_what_to_change(tmp_path: Path) -> None:
         flow(compose_cfg(f"video={one}", f"output_dir={tmp_path / 'o'}"))
     with pytest.raises(ValueError, match="estimator"):
         flow(compose_cfg(f"video={one}", "features=lab", "estimator=median", f"output_dir={tmp_path / 'o'}"))
+
+
+def test_flow_from_a_corrflow_checkpoint(tmp_path: Path) -> None:
+    video = moving_texture_folder(tmp_path / "clip", n_frames=2)
+    ckpt = make_checkpoint(tmp_path / "last.ckpt")
+    result = flow(compose_cfg(f"video={video}", f"ckpt={ckpt}", f"output_dir={tmp_path / 'out'}", "radius=3", "overlay=null"))
+    assert result["videos"][0]["pairs"] == 1
+    with np.load(tmp_path / "out" / "clip" / "arrays" / "00000.npz") as z:
+        assert z["displacement"].shape == (2, 12, 16) and int(z["stride"]) == 4
+        assert np.isfinite(z["displacement"]).all() and (np.abs(z["displacement"]) <= 3).all()
+    assert not (tmp_path / "out" / "clip" / "side_by_side.gif").exists()
