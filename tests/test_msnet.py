@@ -101,3 +101,15 @@ def test_msnet_class_count_must_match(motion_root: Path, tmp_path: Path) -> None
         cfg.model.net.n_classes = 5
     with pytest.raises(ValueError, match="n_classes=5"):
         finetune(cfg)
+
+
+@pytest.mark.slow
+def test_msnet_run_resumes_from_its_last_checkpoint(motion_root: Path, tmp_path: Path) -> None:
+    cfg = compose_finetune_cfg(tmp_path, [f"data.root={motion_root}", *TINY, "model.backbone.motion.radius=2"])
+    _, objs = finetune(cfg)
+    last = Path(objs["final_ckpt"]).with_name("last.ckpt")
+    assert last.is_file()
+    cfg2 = compose_finetune_cfg(tmp_path, [f"data.root={motion_root}", *TINY, "model.backbone.motion.radius=2",
+                                           f"ckpt_path={last}", "trainer.max_steps=8"])  # fmt: skip
+    _, objs2 = finetune(cfg2)
+    assert objs2["trainer"].global_step == 8
