@@ -124,7 +124,7 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     hparams = {"config": OmegaConf.to_container(cfg, resolve=True), "git_sha": git_sha()}
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
-    bb = model.net.backbone.config
+    bb = model.net.backbone.config  # every segmenter and classifier exposes its (query) backbone
     arch = bb["arch"] if isinstance(bb["arch"], str) else f"ResNet (stride {model.net.backbone.stride})"
     log.info("git %s; %s on a %s backbone, init=%s; output in %s", hparams["git_sha"], model.kind.upper(), arch, bb["init"], trainer.default_root_dir)
 

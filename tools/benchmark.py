@@ -1,4 +1,4 @@
-"""Benchmarks: ``python tools/benchmark.py {attention,train,propagate,stm,osvos} [options]``.
+"""Benchmarks: ``python tools/benchmark.py {attention,train,propagate,stm,osvos,flow} [options]``.
 
 Every speed is printed beside the baseline measured in the same run.
 """
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("propagate", help="label propagation frames/s at 480p vs a dense-affinity implementation", add_help=False)
     sub.add_parser("stm", help="STM seconds/frame at 480p, bounded memory vs the paper's unbounded bank", add_help=False)
     sub.add_parser("osvos", help="OSVOS one-shot fine-tuning seconds/video and seconds/frame at 480p", add_help=False)
+    sub.add_parser("flow", help="flow end-point error of features on affinely warped real frames; MotionSqueeze's cost", add_help=False)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["propagate"]:  # its own options: see `benchmark.py propagate --help`
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         from corrflow.benchmarks.osvos import main as osvos_main
 
         osvos_main(argv[1:])
+        return 0
+    if argv[:1] == ["flow"]:  # its own options: see `benchmark.py flow --help`
+        from corrflow.benchmarks.flow import main as flow_main
+
+        flow_main(argv[1:])
         return 0
     args = p.parse_args(argv)
     if args.what == "attention":

@@ -30,3 +30,20 @@ def restricted_attention_reference(
     attn = torch.softmax(logits, dim=-1)
     out = torch.bmm(attn, v)  # (B, HW, D)
     return out.transpose(1, 2).reshape(b, d, h, w)
+
+
+def local_correlation_reference(query: Tensor, key: Tensor, *, radius: int, outside: float = float("-inf")) -> Tensor:
+    """Dense reference for :func:`corrflow.attention.correlation.local_correlation`: the full
+    (HW x HW) affinity, each window offset read from it by explicit coordinates. (B, K, H, W)."""
+    b, c, h, w = query.shape
+    full = torch.bmm(query.flatten(2).transpose(1, 2), key.flatten(2))  # (B, HW, HW)
+    out = torch.full((b, (2 * radius + 1) ** 2, h, w), outside, dtype=full.dtype, device=full.device)
+    k = 0
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            for y in range(h):
+                for x in range(w):
+                    if 0 <= y + dy < h and 0 <= x + dx < w:
+                        out[:, k, y, x] = full[:, y * w + x, (y + dy) * w + x + dx]
+            k += 1
+    return out

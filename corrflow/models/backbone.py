@@ -25,13 +25,18 @@ for a ResNet every residual layer and the head from ``finest_stride`` on (CorrFl
 layer3, layer4, head, all at stride 4; CRW: layer1 at 4, then layer2, layer3, head at 8), for
 Lite0 the last block at each stride (the stride maps). OSVOS's side outputs read these: a network
 that keeps one stride (CorrFlow's) still has four stages to supervise. No parameters are added.
+
+A motion module (MotionSqueeze, :class:`corrflow.models.motion_squeeze.MotionSqueeze`) can be
+inserted after a stage (``motion``, a partial taking the stage's channels; ``motion_after``, the
+stage's 1-based number, 2 by default: ResNet's layer2). It sees the batch as clips of consecutive
+frames; without it (the default) nothing changes.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +74,15 @@ class SegmentationBackbone(nn.Module):
         min_stride: the coarsest map is at least at this stride (pooled when the network stops
             earlier).
         max_stride: maps coarser than this are not computed.
-        freeze_bn: keep every BatchNorm in eval mode (running statistics, which are not updated)
+        freeze_bn: keep every BatchNorm of the encoder in eval mode (running statistics, which are not updated)
             in training too; their affine parameters still train. Small fine-tuning batches make
             batch statistics noisy.
         seed: the random initialisation's seed (init=random; the global RNG is left alone).
+        motion: None, or ``motion(channels) -> nn.Module`` (e.g. a ``MotionSqueeze`` partial with its
+            ``n_frames``) mapping a stage's (B*T, C, h, w) output to the same shape, inserted after
+            stage ``motion_after``. It is not part of ``config`` (``from_config`` leaves it out).
+        motion_after: the 1-based number of the stage it follows (ResNet: 1 layer1, 2 layer2, ...;
+            Lite0: its MBConv blocks).
 
     Attributes: ``strides`` (ascending), ``channels`` ({stride: C}), ``stride`` (the coarsest),
     ``side_stages`` (names, shallow to deep), ``stage_strides`` and ``stage_channels`` ({name: ..}),
@@ -96,6 +106,8 @@ class SegmentationBackbone(nn.Module):
         max_stride: int = 16,
         freeze_bn: bool = True,
         seed: int = 0,
+        motion: Callable[[int], nn.Module] | None = None,
+        motion_after: int = 2,
     ) -> None:
         super().__init__()
         if not {finest_stride, min_stride, max_stride} <= set(_STRIDES) or not finest_stride <= min_stride <= max_stride:
@@ -128,6 +140,8 @@ class SegmentationBackbone(nn.Module):
             stem_conv, stem_rest = "conv_stem", ["bn0", "act"]
             stages = [f"blocks.{i}" for i in range(len(self.encoder.blocks))]
         self._stem_conv, self._stem_rest = stem_conv, stem_rest
+        self.motion: nn.Module | None = None
+        self._motion_index = -1  # the stage the motion module follows (-1: none)
         self.extra_conv: nn.Module | None = None
         self.extra_in_channels = 0
         self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), persistent=False)
@@ -163,6 +177,8 @@ class SegmentationBackbone(nn.Module):
         self.channels = {s: out_ch[s] for s in self.strides}
         self.stride = self.strides[-1]
         self.stage_channels = self._probe_stage_channels()
+        if motion is not None:
+            self._add_motion(motion, motion_after, seed=seed)
         if extra_in_channels:
             self._add_extra_conv(extra_in_channels)
         self.train()
@@ -201,6 +217,21 @@ class SegmentationBackbone(nn.Module):
         self.extra_conv = conv
         self.extra_in_channels = channels
         self.config["extra_in_channels"] = channels
+
+    def _add_motion(self, motion: Callable[[int], nn.Module], after: int, *, seed: int) -> None:
+        if not 1 <= after <= len(self._stages):
+            raise ValueError(f"motion_after must be a stage number in [1, {len(self._stages)}] ({', '.join(self._stages)}), got {after}")
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            x = self._stem(torch.zeros(1, 3, _PROBE, _PROBE))
+            for name in self._stages[:after]:
+                x = self.encoder.get_submodule(name)(x)
+        self.train(was)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.motion = motion(int(x.shape[1]))
+        self._motion_index = after - 1
 
     @torch.no_grad()
     def _probe_strides(self, stages: list[str]) -> list[int]:
@@ -248,6 +279,8 @@ class SegmentationBackbone(nn.Module):
         feats: dict[int, Tensor] = {}
         for i, name in enumerate(self._stages):
             x = self.encoder.get_submodule(name)(x)
+            if i == self._motion_index:
+                x = self.motion(x)
             if i in self._taps:
                 feats[self._taps[i]] = x
         for s in self._pooled:
@@ -259,8 +292,10 @@ class SegmentationBackbone(nn.Module):
         x = self._stem(image, extra)
         want = set(self.side_stages)
         feats: dict[str, Tensor] = {}
-        for name in self._stages:
+        for i, name in enumerate(self._stages):
             x = self.encoder.get_submodule(name)(x)
+            if i == self._motion_index:
+                x = self.motion(x)
             if name in want:
                 feats[name] = x
         return feats
@@ -293,8 +328,8 @@ class SegmentationBackbone(nn.Module):
 
     def train(self, mode: bool = True) -> SegmentationBackbone:
         super().train(mode)
-        if mode and self.freeze_bn:
-            for m in self.modules():
+        if mode and self.freeze_bn:  # the encoder's (an inserted motion module trains its own)
+            for m in self.encoder.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self

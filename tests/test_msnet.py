@@ -1,0 +1,115 @@
+"""MSNet video classification: class-per-folder data (and split files), TSN sampling, the
+temporal shift, and ``tools/finetune.py experiment=msnet`` a few steps on generated videos of a
+texture moving in one of four directions."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from corrflow.data.action_videos import ActionVideoDataset, segment_indices
+from corrflow.data.synthetic_motion import DIRECTIONS, write_moving_texture_videos
+from corrflow.finetune import finetune
+from corrflow.lit.action_module import topk_accuracy
+from corrflow.models.temporal_shift import temporal_shift
+from tests.test_finetune import compose_finetune_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def motion_root(tmp_path: Path) -> Path:
+    return write_moving_texture_videos(tmp_path / "motion", videos_per_class=5, n_frames=4, size=(32, 32), step=4)
+
+
+def test_segment_indices() -> None:
+    assert segment_indices(10, 5) == [1, 3, 5, 7, 9]
+    assert segment_indices(3, 4) == [0, 1, 1, 2]  # short videos repeat frames
+    rng = random.Random(0)
+    for _ in range(20):
+        idx = segment_indices(100, 4, rng=rng)
+        assert [i // 25 for i in idx] == [0, 1, 2, 3]
+
+
+def test_dataset_splits_and_split_files(motion_root: Path, tmp_path: Path) -> None:
+    train = ActionVideoDataset(root=motion_root, split="train", n_segments=4, size=(16, 16))
+    val = ActionVideoDataset(root=motion_root, split="val", n_segments=4, size=(16, 16))
+    assert train.classes == sorted(DIRECTIONS) and len(train) == 16 and len(val) == 4
+    assert not {s.path for s in train.sources} & {s.path for s in val.sources}
+    item = train[(0, 123)]
+    assert item["frames"].shape == (4, 3, 16, 16) and item["label"] == 0 and item["skipped"] == 0
+    lst = tmp_path / "trainlist.txt"
+    lst.write_text("up/up_0000 4\nleft/left_0002 2\n")
+    listed = ActionVideoDataset(root=motion_root, split="train", split_file=lst, n_segments=2, size=(8, 8))
+    assert [Path(s.path).name for s in listed.sources] == ["up_0000", "left_0002"]
+    assert listed.labels == [train.classes.index("up"), train.classes.index("left")]
+    lst.write_text("sideways/x 1\n")
+    with pytest.raises(ValueError, match="sideways"):
+        ActionVideoDataset(root=motion_root, split_file=lst)
+
+
+def test_unreadable_video_is_skipped_and_counted(motion_root: Path) -> None:
+    broken = motion_root / "up" / "up_0001" / "00002.png"
+    broken.write_bytes(b"not a png")
+    ds = ActionVideoDataset(root=motion_root, split="train", n_segments=4, size=(16, 16))
+    i = [Path(s.path).name for s in ds.sources].index("up_0001")
+    item = ds[(i, 5)]
+    assert item["skipped"] == 1 and item["frames"].shape == (4, 3, 16, 16)
+
+
+def test_temporal_shift_moves_one_eighth_each_way() -> None:
+    x = torch.arange(2 * 3 * 16, dtype=torch.float32).view(6, 16, 1, 1)  # B=2 clips of T=3
+    y = temporal_shift(x, 3).view(2, 3, 16)
+    v = x.view(2, 3, 16)
+    torch.testing.assert_close(y[:, :2, :2], v[:, 1:, :2])  # from the future
+    assert (y[:, 2, :2] == 0).all()
+    torch.testing.assert_close(y[:, 1:, 2:4], v[:, :2, 2:4])  # from the past
+    assert (y[:, 0, 2:4] == 0).all()
+    torch.testing.assert_close(y[:, :, 4:], v[:, :, 4:])
+
+
+def test_topk_accuracy() -> None:
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3]])
+    assert topk_accuracy(logits, torch.tensor([1, 2]), 1) == 0.5
+    assert topk_accuracy(logits, torch.tensor([1, 2]), 2) == 1.0
+    assert topk_accuracy(logits, torch.tensor([1, 2]), 5) == 1.0  # capped at 3 classes
+
+
+TINY = ["experiment=msnet", "model.backbone.arch=crw", "model.net.n_classes=4", "data.n_segments=4", "data.size=[32,32]",
+        "data.batch_size=4", "data.num_workers=0", "data.pin_memory=false", "trainer.accelerator=cpu", "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "callbacks.progress_bar=null"]  # fmt: skip
+
+
+def test_msnet_experiment_trains_and_validates(motion_root: Path, tmp_path: Path) -> None:
+    cfg = compose_finetune_cfg(tmp_path, [f"data.root={motion_root}", *TINY])
+    metrics, objs = finetune(cfg)
+    assert objs["model"].net.backbone.motion is not None
+    for key in ("train/loss", "val/top1", "val/top5"):
+        assert key in metrics
+    assert metrics["val/top5"] == 1.0  # 4 classes
+    ckpt = torch.load(objs["final_ckpt"], map_location="cpu", weights_only=False)
+    assert ckpt["corrflow"]["kind"] == "msnet" and ckpt["corrflow"]["classifier"]["n_classes"] == 4
+
+
+def test_msnet_class_count_must_match(motion_root: Path, tmp_path: Path) -> None:
+    cfg = compose_finetune_cfg(tmp_path, [f"data.root={motion_root}", *TINY])
+    with open_dict(cfg):
+        cfg.model.net.n_classes = 5
+    with pytest.raises(ValueError, match="n_classes=5"):
+        finetune(cfg)
+
+
+@pytest.mark.slow
+def test_msnet_run_resumes_from_its_last_checkpoint(motion_root: Path, tmp_path: Path) -> None:
+    cfg = compose_finetune_cfg(tmp_path, [f"data.root={motion_root}", *TINY, "model.backbone.motion.radius=2"])
+    _, objs = finetune(cfg)
+    last = Path(objs["final_ckpt"]).with_name("last.ckpt")
+    assert last.is_file()
+    cfg2 = compose_finetune_cfg(tmp_path, [f"data.root={motion_root}", *TINY, "model.backbone.motion.radius=2",
+                                           f"ckpt_path={last}", "trainer.max_steps=8"])  # fmt: skip
+    _, objs2 = finetune(cfg2)
+    assert objs2["trainer"].global_step == 8

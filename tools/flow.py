@@ -1,0 +1,27 @@
+"""The displacement field and confidence a feature extractor gives between consecutive frames,
+read off its local correlation (MotionSqueeze's kernel soft-argmax) with no further training.
+
+    python tools/flow.py video=path/to/video.mp4 ckpt=path/to/last.ckpt
+    python tools/flow.py video=path/to/frames/ features=lab
+    python tools/flow.py video=path/to/video.mp4 features=random max_side=480 estimator=soft_argmax
+
+See conf/flow.yaml; the work is done by corrflow.flow.run.flow.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from corrflow.flow.run import flow
+from corrflow.utils.cli import user_errors
+
+
+@hydra.main(config_path="../conf", config_name="flow", version_base="1.3")
+@user_errors
+def main(cfg: DictConfig) -> None:
+    flow(cfg)
+
+
+if __name__ == "__main__":
+    main()
