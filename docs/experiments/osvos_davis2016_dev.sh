@@ -2,7 +2,7 @@
 # OSVOS on ../shared/data/davis2016-dev, the measurements the README's OSVOS section asks for
 # (not run yet: they need a GPU or many CPU hours). From the repository root:
 #
-#   CORRFLOW_CKPT=logs/corrflow/runs/<run>/checkpoints/final.ckpt bash docs/osvos_davis2016_dev.sh
+#   CORRFLOW_CKPT=logs/corrflow/runs/<run>/checkpoints/final.ckpt bash docs/experiments/osvos_davis2016_dev.sh
 #
 # The split (the same as STM's): parents and contour branches train on the 5 train sequences, J&F
 # is measured on the 5 test sequences, each video one-shot fine-tuned on its first frame.
