@@ -127,3 +127,13 @@ def test_keyframe_errors_name_the_file_and_frame(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"Annotations/480p/squares-a: the annotation folder holds no mask"):
         propagate(compose_cfg(*base, "task.keyframes=all_given", "task.targets.validate_annotations=false"))
     assert not (tmp_path / "o" / "results").exists()  # inputs are checked before anything is written
+
+
+def test_keyframes_and_late_objects_change_the_fingerprint_and_defaults_do_not() -> None:
+    from corrflow.propagation.run import fingerprint
+
+    base = fingerprint(compose_cfg("task=davis", "features=lab"))
+    assert fingerprint(compose_cfg("task=davis", "features=lab", "task.fusion=linear", "task.late_objects=false")) == base
+    keyed = fingerprint(compose_cfg("task=davis", "features=lab", "task.keyframes=[0,3]"))
+    assert len({base, keyed, fingerprint(compose_cfg("task=davis", "features=lab", "task.keyframes=[0,3]", "task.fusion=nearest")),
+                fingerprint(compose_cfg("task=davis", "features=lab", "task.late_objects=true"))}) == 4

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python tools/benchmark.py {attention,train,propagate,stm} [options]``.
+"""Benchmarks: ``python tools/benchmark.py {attention,train,propagate,stm,keyframes} [options]``.
 
 Every speed is printed beside the baseline measured in the same run.
 """
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("propagate", help="label propagation frames/s at 480p vs a dense-affinity implementation", add_help=False)
     sub.add_parser("stm", help="STM seconds/frame at 480p, bounded memory vs the paper's unbounded bank", add_help=False)
+    sub.add_parser("keyframes", help="J&F against the number of keyframes given: a table and a plot", add_help=False)
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["propagate"]:  # its own options: see `benchmark.py propagate --help`
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         from corrflow.benchmarks.stm import main as stm_main
 
         stm_main(argv[1:])
+        return 0
+    if argv[:1] == ["keyframes"]:  # its own options: see `benchmark.py keyframes --help`
+        from corrflow.benchmarks.keyframes import main as keyframes_main
+
+        keyframes_main(argv[1:])
         return 0
     args = p.parse_args(argv)
     if args.what == "attention":
