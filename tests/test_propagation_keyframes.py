@@ -137,3 +137,25 @@ def test_keyframes_and_late_objects_change_the_fingerprint_and_defaults_do_not()
     keyed = fingerprint(compose_cfg("task=davis", "features=lab", "task.keyframes=[0,3]"))
     assert len({base, keyed, fingerprint(compose_cfg("task=davis", "features=lab", "task.keyframes=[0,3]", "task.fusion=nearest")),
                 fingerprint(compose_cfg("task=davis", "features=lab", "task.late_objects=true"))}) == 4
+
+
+def test_stm_takes_keyframes_and_refuses_late_objects(tmp_path: Path) -> None:
+    """method=stm runs the keyframe passes (its soft outputs are fused at the frame's pixels); it has
+    no ``join``, so late objects get a one-line reason before anything is written."""
+    from tests.test_propagation_late_objects import make_late_davis
+    from tests.test_propagation_stm import save_stm_checkpoint
+
+    ckpt = save_stm_checkpoint(tmp_path / "stm.ckpt")
+    root = make_davis_tree(tmp_path / "DAVIS", {SEQ: 6})
+    out = tmp_path / "stm"
+    result = propagate(compose_cfg("task=davis", "method=stm", f"ckpt={ckpt}", f"data.root={root}", f"output_dir={out}",
+                                   "task.keyframes=[0,5]", "overlay=null"))  # fmt: skip
+    gt = np.stack([read_indexed_png(root / "Annotations" / "480p" / SEQ / f"{t:05d}.png") for t in range(6)])
+    pred = _preds(out, 6)
+    assert np.array_equal(pred[[0, 5]], gt[[0, 5]]) and set(np.unique(pred).tolist()) <= {0, 1, 2}
+    assert result["sequences"][0]["frames"] == 2 + 4 + 4
+    late = make_late_davis(tmp_path / "LATE")
+    with pytest.raises(ValueError, match=r"late: objects enter after the first given frame .*00005\.png.*method=stm cannot take"):
+        propagate(compose_cfg("task=davis", "method=stm", f"ckpt={ckpt}", f"data.root={late}", f"output_dir={tmp_path / 'o'}",
+                              "task.late_objects=true"))  # fmt: skip
+    assert not (tmp_path / "o" / "results").exists()

@@ -1,5 +1,12 @@
-"""``propagate(cfg)``: propagate the first frame's labels through every video of a task, write
+"""``propagate(cfg)``: propagate the given labels through every video of a task, write
 the predictions, score them, draw them. ``tools/propagate.py`` is its Hydra entry point.
+
+Per video, the task's targets say where labels are given (:class:`~corrflow.propagation.targets.MaskPlan`):
+the first frame (the default), the frames where later objects join (YouTube-VOS;
+``task.late_objects``; the segmenter's ``join``), or keyframes (``task.keyframes``: forward and
+backward passes between them, fused; :mod:`corrflow.propagation.keyframes`). Under torchrun
+(``launcher=torchrun``) each rank takes a frame-balanced share of the videos and rank 0 scores
+once all have finished (:mod:`corrflow.propagation.distributed`).
 
 What runs on each video is the ``method`` config's per-video segmenter
 (:mod:`corrflow.propagation.methods`): label propagation (the default) or a trained segmenter
@@ -11,6 +18,7 @@ Output, under ``cfg.output_dir``::
     results/<seq>.done                            written last: the sequence is finished; names the run that made it
     overlays/<seq>.png, overlays/<seq>.gif        pictures
     scores/                                       the evaluation's CSVs
+    submission.zip                                where the targets pack one (task=ytvos)
     runs/<time>/config.yaml                       the resolved config of each run that propagated a video
     config.yaml                                   a copy of the latest of those
 

@@ -12,6 +12,8 @@ evaluation function.
 Output layout, under ``results_dir``:
 
 * masks: ``<seq>/%05d.png`` palette PNGs (frame index), the size of the frames (DAVIS layout);
+  videos that name their frames (YouTube-VOS) get ``<seq>/<frame name>.png``, only for the frames
+  they ask for (``output_frames``);
 * keypoints: ``<seq>.npz`` with ``keypoints`` (T, K, 2) float32 x, y pixels, NaN where nothing
   was propagated (frames before the query, joints invisible in it) and ``found`` (T, K) bool.
 """
