@@ -56,3 +56,25 @@ def test_two_cpu_ranks_write_the_same_predictions_as_one_process(tmp_path: Path)
     # Resume per video: a second two-rank run skips everything.
     again = _run(tmp_path / "two", root, "launcher=torchrun", "nproc_per_node=2")
     assert again.returncode == 0 and "3 videos (3 finished earlier)" in again.stderr + again.stdout
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_leaves_its_finished_videos_for_the_resumed_run(tmp_path: Path) -> None:
+    """Shares by frame count: rank 0 gets squares-a (6 frames), rank 1 squares-b then squares-c.
+    A frame of squares-c that cannot be read kills rank 1 after it finished squares-b (annotations are
+    checked up front, frames only when propagated); the resumed run keeps squares-b and does the rest."""
+    root = make_davis_tree(tmp_path / "DAVIS", {"squares-a": 6, "squares-b": 5, "squares-c": 4})
+    assert shard_by_frames([6, 5, 4], 2) == [[0], [1, 2]]
+    bad = root / "JPEGImages" / "480p" / "squares-c" / "00002.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "two"
+    failed = _run(out, root, "launcher=torchrun", "nproc_per_node=2")
+    assert failed.returncode == 1 and "00002.png: cannot read frame" in failed.stderr
+    done_b = (out / "results" / "squares-b.done").read_text()
+    assert not (out / "results" / "squares-c.done").exists()
+    bad.write_bytes(good)
+    again = _run(out, root, "launcher=torchrun", "nproc_per_node=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "squares-b: finished in an earlier run, skipped" in again.stdout + again.stderr
+    assert (out / "results" / "squares-b.done").read_text() == done_b and (out / "results" / "squares-c.done").is_file()

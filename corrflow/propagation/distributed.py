@@ -5,7 +5,7 @@ Each rank takes a share of the videos balanced by frame count (:func:`shard_by_f
 write into the one results folder (each video's files are its own), and scoring runs once, on
 rank 0, after every rank has finished. ``torch.distributed`` carries the little that is shared
 (the run's name, the rows, errors found while checking inputs): gloo on CPU, nccl on GPU (one
-GPU a rank, ``cuda:<LOCAL_RANK>``). A rank that dies leaves its finished videos (their ``.done``
+GPU a rank, ``cuda:<LOCAL_RANK>``; more ranks than GPUs share them round-robin and use gloo). A rank that dies leaves its finished videos (their ``.done``
 files) for the resumed run, as one process does.
 
 ``launcher=torchrun`` starts ``nproc_per_node`` ranks of the same command through
@@ -77,7 +77,9 @@ class Ranks:
         import torch.distributed as dist
 
         if self.world_size > 1 and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            # nccl needs a GPU of its own a rank; ranks sharing a GPU (or none) exchange through gloo.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+            backend = "nccl" if self.device.type == "cuda" and torch.cuda.device_count() >= local else "gloo"
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             dist.init_process_group(backend=backend, timeout=TIMEOUT)

@@ -290,7 +290,10 @@ def propagate(cfg: DictConfig) -> dict[str, Any] | None:
     if launcher == "torchrun" and not under_torchrun():
         status = launch_torchrun(cfg.get("nproc_per_node", "auto"))
         if status:
-            raise RuntimeError(f"launcher=torchrun: a rank failed (exit status {status}); see its log above")
+            from corrflow.utils.cli import UserError
+
+            raise UserError(f"launcher=torchrun: a rank failed (exit status {status}); its error is above. "
+                            "Finished videos are kept: the same command resumes")
         return None
     with Ranks(resolve_device(str(cfg.device))) as ranks:
         return _propagate(cfg, ranks)
