@@ -327,10 +327,8 @@ class MaskSession:
         """The labels given at frame ``t`` on the feature grid: (1 + N, h, w) for a complete mask
         (the start, a keyframe; N the objects so far), else (K, h, w) the shares of the K objects joining."""
         mask, ids, complete = self.plan.given[t]
-        mask = torch.from_numpy(np.asarray(mask).astype(np.int64))
-        if complete or t == self.start:
-            return mask_to_grid(mask, ids, stride=self.stride, label_resize=self.label_resize)
-        return mask_to_grid(mask, ids, stride=self.stride, label_resize=self.label_resize)[1:]
+        labels = mask_to_grid(torch.from_numpy(np.asarray(mask).astype(np.int64)), ids, stride=self.stride, label_resize=self.label_resize)
+        return labels if complete or t == self.start else labels[1:]  # joining objects: no background channel
 
     @staticmethod
     def prepare(image: Tensor) -> Tensor:
