@@ -15,6 +15,7 @@ would see it. Writes ``<out>.md`` (the table, with the command) and ``<out>.png`
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -52,8 +53,12 @@ def run_keyframe_study(settings, overrides, *, work: Path) -> list[dict]:
     return rows
 
 
-def format_markdown(rows: list[dict], command: str) -> str:
-    lines = [f"`{command}`", "", "| keyframes | mean given a video | J&F | J | F | s / frame (a pass) |", "|---|---|---|---|---|---|"]
+def format_markdown(rows: list[dict], command: str, title: str = "keyframes") -> str:
+    lines = [f"# {title}: J&F against the number of keyframes given", "",
+             "Each row is one tools/propagate.py run with task.keyframes=<setting> (see corrflow/propagation/keyframes.py);",
+             "the given keyframes (and DAVIS's first and last frames) are not scored, so every row scores its own frames.",
+             "s / frame counts each pass over a frame (between keyframes, frames are propagated twice).", "",
+             f"`{command}`", "", "| keyframes | mean given a video | J&F | J | F | s / frame (a pass) |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['keyframes']:.1f} | {r['J&F']:.3f} | {r['J']:.3f} | {r['F']:.3f} | {r['s/frame']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -65,6 +70,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = sorted(rows, key=lambda r: r["keyframes"])
     fig, ax = plt.subplots(figsize=(5, 3.5))
     x = [r["keyframes"] for r in rows]
     for key, style in (("J&F", "o-k"), ("J", "s--"), ("F", "^--")):
@@ -90,9 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args([a for a in argv if a != "--"])
     overrides = [*args.overrides, "progress=false", "overlay=null"]
     rows = run_keyframe_study(args.settings, overrides, work=Path(args.work))
+    out_json = Path(args.out).with_suffix(".json")
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(rows, indent=1))
     command = "python tools/benchmark.py keyframes " + shlex.join(argv)
     out = Path(args.out)
-    text = format_markdown(rows, command)
+    text = format_markdown(rows, command, args.title)
     out.with_suffix(".md").parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     plot(rows, out.with_suffix(".png"), args.title)
