@@ -159,3 +159,20 @@ def test_stm_takes_keyframes_and_refuses_late_objects(tmp_path: Path) -> None:
         propagate(compose_cfg("task=davis", "method=stm", f"ckpt={ckpt}", f"data.root={late}", f"output_dir={tmp_path / 'o'}",
                               "task.late_objects=true"))  # fmt: skip
     assert not (tmp_path / "o" / "results").exists()
+
+
+@pytest.mark.slow  # about 8 s: two runs, a plain one, and matplotlib
+def test_keyframe_study_writes_table_rows_and_plot(tmp_path: Path) -> None:
+    """tools/benchmark.py keyframes: one run a setting; count_1 scores as the plain run does."""
+    import json
+
+    from corrflow.benchmarks.keyframes import main
+
+    root = make_davis_tree(tmp_path / "DAVIS", {"a": 9, "b": 8})
+    common = ["task=davis", f"data.root={root}", "features=lab", "protocol=crw"]
+    main(["--out", str(tmp_path / "kf"), "--work", str(tmp_path / "work"), "--settings", "count_1", "count_3", "--", *common])
+    rows = json.loads((tmp_path / "kf.json").read_text())
+    assert [r["setting"] for r in rows] == ["count_1", "count_3"] and [r["keyframes"] for r in rows] == [1.0, 3.0]
+    assert "| count_3 | 3.0 |" in (tmp_path / "kf.md").read_text() and (tmp_path / "kf.png").stat().st_size > 1000
+    plain = propagate(compose_cfg(*common, f"output_dir={tmp_path / 'plain'}", "overlay=null"))
+    assert rows[0]["J&F"] == pytest.approx(plain["scores"]["J&F-Mean"])

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title", default="keyframes")
     p.add_argument("overrides", nargs="*", help="tools/propagate.py overrides (task, data.root, protocol, features, ...)")
     argv = sys.argv[1:] if argv is None else argv
-    args = p.parse_args([a for a in argv if a != "--"])
+    args = p.parse_args(argv)  # "--" ends --settings: what follows are the overrides
     overrides = [*args.overrides, "progress=false", "overlay=null"]
     rows = run_keyframe_study(args.settings, overrides, work=Path(args.work))
     out_json = Path(args.out).with_suffix(".json")
