@@ -161,6 +161,11 @@ def _fingerprint_before_methods(cfg) -> str:
     for key in ("split", "sequences", "split_file"):
         parts["task"].get("dataset", {}).pop(key, None)
     parts["task"].get("targets", {}).pop("validate_annotations", None)
+    # The configs of then had no keyframe or late-object options (added later; at their defaults here).
+    for holder in (parts["task"], parts["task"].get("targets", {})):
+        for key, default in (("keyframes", None), ("fusion", "linear"), ("late_objects", False)):
+            if key in holder:
+                assert holder.pop(key) == default
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

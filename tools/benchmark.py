@@ -1,4 +1,4 @@
-"""Benchmarks: ``python tools/benchmark.py {attention,train,propagate,stm,osvos,flow} [options]``.
+"""Benchmarks: ``python tools/benchmark.py {attention,train,propagate,stm,osvos,flow,keyframes} [options]``.
 
 Every speed is printed beside the baseline measured in the same run.
 """
@@ -6,11 +6,15 @@ Every speed is printed beside the baseline measured in the same run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import tempfile
 
 from corrflow.utils.cli import user_errors
+
+# Benchmarks that parse their own options: corrflow.benchmarks.<name>.main(argv)
+OWN_OPTIONS = ("propagate", "stm", "osvos", "flow", "keyframes")
 
 
 @user_errors
@@ -36,27 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stm", help="STM seconds/frame at 480p, bounded memory vs the paper's unbounded bank", add_help=False)
     sub.add_parser("osvos", help="OSVOS one-shot fine-tuning seconds/video and seconds/frame at 480p", add_help=False)
     sub.add_parser("flow", help="flow end-point error of features on affinely warped real frames; MotionSqueeze's cost", add_help=False)
+    sub.add_parser("keyframes", help="J&F against the number of keyframes given: a table and a plot", add_help=False)
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["propagate"]:  # its own options: see `benchmark.py propagate --help`
-        from corrflow.benchmarks.propagate import main as propagate_main
-
-        propagate_main(argv[1:])
-        return 0
-    if argv[:1] == ["stm"]:  # its own options: see `benchmark.py stm --help`
-        from corrflow.benchmarks.stm import main as stm_main
-
-        stm_main(argv[1:])
-        return 0
-    if argv[:1] == ["osvos"]:  # its own options: see `benchmark.py osvos --help`
-        from corrflow.benchmarks.osvos import main as osvos_main
-
-        osvos_main(argv[1:])
-        return 0
-    if argv[:1] == ["flow"]:  # its own options: see `benchmark.py flow --help`
-        from corrflow.benchmarks.flow import main as flow_main
-
-        flow_main(argv[1:])
+    if argv[:1] and argv[0] in OWN_OPTIONS:  # each has its own options: `benchmark.py <name> --help`
+        importlib.import_module(f"corrflow.benchmarks.{argv[0]}").main(argv[1:])
         return 0
     args = p.parse_args(argv)
     if args.what == "attention":

@@ -152,6 +152,35 @@ class DAVISVideo:
     def first_annotation_path(self) -> Path:
         return self.annotation_dir / f"{self.frame_paths[0].stem}.png"
 
+    def frame(self, t: int) -> np.ndarray:
+        """Frame ``t``, (H, W, 3) uint8 RGB (for propagating backward from a later keyframe)."""
+        return read_frame(self.frame_paths[t], size=self.size)
+
+    def annotation_path(self, t: int) -> Path:
+        """Where frame ``t``'s annotation is (or would be)."""
+        return self.annotation_dir / f"{self.frame_paths[t].stem}.png"
+
+    @property
+    def given_frames(self) -> list[int]:
+        """Indices of the frames that have an annotation file."""
+        return [t for t in range(len(self)) if self.annotation_path(t).is_file()]
+
+    def mask(self, t: int) -> np.ndarray:
+        """(H, W) uint8 ids of frame ``t``'s annotation (0/1 with ``single_object``; may hold no object).
+
+        Raises:
+            FileNotFoundError: no annotation for that frame. ValueError: not a palette or
+            grayscale PNG, or another size than the frame (both naming the file and the frame).
+        """
+        path = self.annotation_path(t)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation not found: {path} (for frame {t}, {self.frame_paths[t]})")
+        mask = read_indexed_png(path)
+        size = self.size
+        if mask.shape != size:
+            raise ValueError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its frame {t} ({self.frame_paths[t]}) is {size[1]}x{size[0]}")
+        return (mask != 0).astype(np.uint8) if self.single_object else mask
+
     def frames(self, start: int = 0) -> Iterator[np.ndarray]:
         """Frames from ``start`` on, read one at a time: (H, W, 3) uint8 RGB."""
         size = self.size

@@ -14,7 +14,7 @@ pixel, in ground truth and results, is the one object. The 2016 release's graysc
 the DAVIS-2017 rule: ids 1..N are objects and 255 is void (background).
 
 Frames are the sorted ground-truth PNGs; the first and last are not scored and need no
-result. The metric rules are in :mod:`corrflow.metrics.davis`. Output, in ``output_dir``
+result, nor do the frames named in ``exclude_frames`` (given keyframes). The metric rules are in :mod:`corrflow.metrics.davis`. Output, in ``output_dir``
 (default ``results_dir``), in the official columns and ``%.3f`` format::
 
     global_results-<split>.csv          J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay
@@ -31,18 +31,21 @@ import io
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import find_split_file, read_split_file
+from corrflow.data.davis import VOID_ID, find_split_file, read_split_file
 from corrflow.metrics.davis import (
     GLOBAL_COLUMNS,
     DAVISScores,
     ObjectScores,
+    boundary_f_measure,
     davis_object_ids,
+    jaccard,
     score_davis_sequence,
+    temporal_statistics,
 )
 from corrflow.utils.io import read_indexed_png
 
@@ -87,7 +90,9 @@ def _read_frames(paths: Sequence[Path], *, kind: str, shape: tuple[int, int] | N
     return np.stack(frames)
 
 
-def _score_sequence(results_dir: Path, gt_dir: Path, seq: str, *, single_object: bool) -> list[ObjectScores]:
+def _score_sequence(
+    results_dir: Path, gt_dir: Path, seq: str, *, single_object: bool, exclude: Sequence[int] = (), late_objects: bool = False
+) -> list[ObjectScores]:
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"ground truth of sequence {seq!r} not found: {gt_dir}")
     gt_paths = sorted(gt_dir.glob("*.png"))
@@ -100,8 +105,13 @@ def _score_sequence(results_dir: Path, gt_dir: Path, seq: str, *, single_object:
     if not seq_results.is_dir():
         raise FileNotFoundError(f"results of sequence {seq!r} not found: {seq_results}")
     gt = _read_frames(gt_paths, kind="ground-truth")
-    result_paths = [seq_results / p.name for p in gt_paths[1:-1]]
+    kept = [t for t in range(1, len(gt_paths) - 1) if t not in set(exclude)]
+    if not kept:
+        raise ValueError(f"{gt_dir}: every scored frame (1..{len(gt_paths) - 2}) was given as a keyframe; nothing is left to score")
+    result_paths = [seq_results / gt_paths[t].name for t in kept]
     pred = _read_frames(result_paths, kind="result", shape=gt.shape[1:])
+    if late_objects and not single_object:
+        return _score_late_objects(gt, pred, kept, seq=seq, gt_paths=gt_paths, result_paths=result_paths)
     n_objects = len(davis_object_ids(gt[0], single_object=single_object))
     if not single_object and n_objects > 0:
         for path, frame in zip(result_paths, pred):
@@ -111,10 +121,33 @@ def _score_sequence(results_dir: Path, gt_dir: Path, seq: str, *, single_object:
                     f"{path}: result ids {extra} are not objects of the ground truth "
                     f"(ids 1..{n_objects} in {gt_paths[0]})"
                 )
-    try:
-        return score_davis_sequence(gt, pred, sequence=seq, single_object=single_object)
+    try:  # the first and last frames bracket the kept ones (score_davis_sequence scores what lies between)
+        return score_davis_sequence(gt[[0, *kept, len(gt) - 1]], pred, sequence=seq, single_object=single_object)
     except ValueError as e:  # what is left to fail here is the ground truth (e.g. no object)
         raise ValueError(f"{gt_paths[0]}: {e}") from e
+
+
+def _score_late_objects(gt: np.ndarray, pred: np.ndarray, kept: Sequence[int], *, seq: str, gt_paths, result_paths) -> list[ObjectScores]:
+    """Objects that may enter after the first frame: each object (every id of any ground-truth
+    frame, void 255 excluded) is scored over the kept frames after the first one that holds it
+    (that frame gave its mask). An object with no such frame is not scored (a warning says so)."""
+    ids = sorted(set(np.unique(gt).tolist()) - {0, VOID_ID})
+    for path, frame in zip(result_paths, pred):
+        extra = sorted(set(np.unique(frame).tolist()) - {0, *ids})
+        if extra:
+            raise ValueError(f"{path}: result ids {extra} are not objects of the ground truth in {gt_paths[0].parent} (ids {ids})")
+    scores = []
+    for i in ids:
+        entry = int(np.flatnonzero((gt == i).any(axis=(1, 2)))[0])
+        rows = [n for n, t in enumerate(kept) if t > entry]
+        if not rows:
+            log.warning("%s: object %d enters at frame %d, after the last scored frame; not scored", seq, i, entry)
+            continue
+        g, p = gt[[kept[n] for n in rows]] == i, pred[rows] == i
+        jm, jr, jd = temporal_statistics(jaccard(g, p))
+        fm, fr, fd = temporal_statistics(boundary_f_measure(g, p))
+        scores.append(ObjectScores(seq, i, jm, jr, jd, fm, fr, fd))
+    return scores
 
 
 def _fmt(value: float) -> str:
@@ -182,6 +215,8 @@ def evaluate_davis(
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
     single_object: bool | None = None,
+    exclude_frames: Mapping[str, Sequence[int]] | None = None,
+    late_objects: bool = False,
 ) -> DAVISScores:
     """Score semi-supervised DAVIS results with the official rules; write the official CSVs.
 
@@ -198,6 +233,10 @@ def evaluate_davis(
         single_object: the DAVIS-2016 rule (any non-zero pixel, in ground truth and results, is
             the one object) when True, the DAVIS-2017 rule (ids 1..N, 255 void) when False;
             None: True for ``year="2016"``.
+        exclude_frames: ``{sequence: [frame indices]}`` not scored besides the first and last
+            (the given keyframes); their results are not read.
+        late_objects: objects may enter after the first frame (DAVIS-2017 rule only): every id of
+            any ground-truth frame is an object, scored over the frames after the first that holds it.
 
     Returns:
         :class:`DAVISScores`: global metrics and one :class:`ObjectScores` per (sequence, object).
@@ -239,7 +278,10 @@ def evaluate_davis(
             pass
     objects: list[ObjectScores] = []
     for seq in iterator:
-        seq_scores = _score_sequence(results_dir, gt_root / seq, seq, single_object=bool(single_object))
+        seq_scores = _score_sequence(
+            results_dir, gt_root / seq, seq, single_object=bool(single_object),
+            exclude=(exclude_frames or {}).get(seq, ()), late_objects=late_objects,
+        )  # fmt: skip
         log.debug("%s: %s", seq, ", ".join(f"{o.name} J={o.j_mean:.3f} F={o.f_mean:.3f}" for o in seq_scores))
         objects.extend(seq_scores)
     scores = DAVISScores.from_objects(objects)

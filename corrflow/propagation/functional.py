@@ -142,8 +142,10 @@ def mixed_context_attention(
 
     Args:
         query: (B, C, H, W) target features.
-        first_key: (B, C, H, W) features of the frame seen whole (CRW's long-term memory).
-        first_value: (B, D, H, W) its labels.
+        first_key: (B, C, H, W) features of the frame seen whole (CRW's long-term memory), or
+            (B, G, C, H, W): G frames seen whole (the first frame and the frames where later
+            objects joined), all in the one softmax.
+        first_value: (B, D, H, W) its labels, or (B, G, D, H, W) theirs.
         keys: (B, R, C, H, W) features of R recent frames (R may be 0).
         values: (B, R, D, H, W) their labels.
         radius: M, the window half-size for recent frames, in feature cells.
@@ -159,10 +161,21 @@ def mixed_context_attention(
         the result is float32 under autocast, else the inputs' promoted dtype.
     """
     b, c, h, w = query.shape
+    if first_key.dim() == 5:  # G global frames: one long frame of G * H * W locations
+        g = first_key.shape[1]
+        if first_key.shape != (b, g, c, h, w) or first_value.dim() != 5 or first_value.shape[:2] != (b, g):
+            raise ValueError(
+                f"first_key must be ({b}, G, {c}, {h}, {w}) and first_value ({b}, G, D, {h}, {w}), "
+                f"got {tuple(first_key.shape)} and {tuple(first_value.shape)}"
+            )
+        first_key = first_key.permute(0, 2, 3, 1, 4).reshape(b, c, h, g * w)
+        first_value = first_value.permute(0, 2, 3, 1, 4).reshape(b, first_value.shape[2], h, g * w)
+    else:
+        g = 1
     d = first_value.shape[1]
-    if first_key.shape != query.shape:
+    if first_key.shape != (b, c, h, g * w):
         raise ValueError(f"first_key {tuple(first_key.shape)} must match query {tuple(query.shape)}")
-    if first_value.shape != (b, d, h, w):
+    if first_value.shape != (b, d, h, g * w):
         raise ValueError(f"first_value must be ({b}, D, {h}, {w}), got {tuple(first_value.shape)}")
     if keys.dim() != 5 or keys.shape[0] != b or keys.shape[2:] != (c, h, w):
         raise ValueError(f"keys must be ({b}, R, {c}, {h}, {w}), got {tuple(keys.shape)}")
@@ -184,7 +197,7 @@ def mixed_context_attention(
     if r:
         k_reg = key_region_view(keys.reshape(b * r, c, h, w), reach, tile)  # (B*R, C, nTy, nTx, S, S) view
         v_reg = key_region_view(values.reshape(b * r, d, h, w), reach, tile)
-    per_row = ntx * tt * (h * w + r * ss)  # logits of one tile row
+    per_row = ntx * tt * (g * h * w + r * ss)  # logits of one tile row
     rows_per_chunk = max(1, max_logits // max(per_row, 1))
     out_rows = []
     for y0 in range(0, nty, rows_per_chunk):

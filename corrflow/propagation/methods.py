@@ -46,6 +46,10 @@ class VideoSegmenter(Protocol):
     targets hand the first frame's labels on that grid and decode the predictions from it.
     ``step(frame, labels)``: ``frame`` (3, H, W) RGB in [0, 1]; ``labels`` (D, h, w) for the first
     frame of a video (which starts it afresh), None for the frames to predict. Returns (D, h, w).
+
+    Optional ``join(frame, new)``: objects that enter later (``new`` (K, h, w) their shares of
+    each cell) join a started video and the (D + K, h, w) labels of that frame come back
+    (:meth:`LabelPropagator.join`). A segmenter without it is refused for videos with late objects.
     """
 
     stride: int

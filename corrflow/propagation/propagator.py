@@ -3,6 +3,11 @@
 It holds the first frame (features and labels) and a queue of the last ``n_recent`` frames, so
 its memory is bounded by the context size, whatever the video length: frames are fed one at a
 time with :meth:`LabelPropagator.step`.
+
+Objects that enter later (YouTube-VOS; ``task.late_objects`` on DAVIS) join with
+:meth:`LabelPropagator.join`: the frame where their first mask is given becomes context with
+their channels added, and (with ``global_first``) a reference seen whole for the rest of the video,
+next to the first frame. Objects already tracked keep their context; they are not restarted.
 """
 
 from __future__ import annotations
@@ -96,15 +101,17 @@ class LabelPropagator:
     def reset(self) -> None:
         """Forget the video: the next :meth:`step` must bring the first frame's labels."""
         self._first: tuple[Tensor, Tensor] | None = None  # (features (1,C,h,w), labels (1,D,h,w))
+        self._joined: list[tuple[int, Tensor, Tensor]] = []  # frames where objects joined: (index, features, labels)
         self._recent: deque[tuple[int, Tensor, Tensor]] = deque(maxlen=self.n_recent)
         self._t = 0
 
     @property
     def context(self) -> list[tuple[int, Tensor]]:
-        """What the next step reads, in stack order: (frame index from the first frame, (D, h, w) labels)."""
+        """What the next step reads, in stack order: (frame index from the first frame, (D, h, w) labels);
+        with ``global_first`` the first frame and the frames where objects joined come first."""
         if self._first is None:
             return []
-        first = [(0, self._first[1][0])] if self.global_first else []
+        first = [(0, self._first[1][0]), *((i, v[0]) for i, _, v in self._joined)] if self.global_first else []
         return first + [(i, v[0]) for i, _, v in self._recent]
 
     @property
@@ -156,6 +163,42 @@ class LabelPropagator:
         self._remember(feats, stored)
         return pred[0]
 
+    @torch.no_grad()
+    def join(self, frame: Tensor, new: Tensor) -> Tensor:
+        """Feed the next frame, where K new objects are given: predict the objects tracked so far,
+        then add the new ones' channels.
+
+        The frame's labels are ``cat(base * (1 - s), new)``: ``base`` the (D, h, w) prediction
+        (hardened with arg-max feed-back), ``s`` the new objects' share of each cell (their mask
+        wins where it is given). Every label map already in the context gets K zero channels; the
+        frame enters the recent queue and, with ``global_first``, stays a reference seen whole.
+
+        Args:
+            frame: (3, H, W) RGB in [0, 1].
+            new: (K, h, w) the new objects' shares of each feature cell (their pooled masks).
+
+        Returns:
+            (D + K, h, w) labels of the frame.
+        """
+        if self._first is None:
+            raise RuntimeError("objects can join only a started video: the first step needs step(frame, mask)")
+        feats = self.embed(frame)
+        new = new.to(self.device, torch.float32)[None]
+        if new.dim() != 4 or new.shape[-2:] != feats.shape[-2:]:
+            raise ValueError(f"new must be (K, {feats.shape[-2]}, {feats.shape[-1]}), got {tuple(new.shape[1:])}")
+        pred = self._propagate(feats)
+        base = self.harden(pred) if self.feedback == "argmax" else pred
+        labels = torch.cat([base * (1.0 - new.sum(1, keepdim=True).clamp(max=1.0)), new], dim=1)
+        k = new.shape[1]
+        pad = lambda v: torch.cat([v, v.new_zeros((v.shape[0], k, *v.shape[2:]))], dim=1)  # noqa: E731
+        self._first = (self._first[0], pad(self._first[1]))
+        self._joined = [(i, f, pad(v)) for i, f, v in self._joined]
+        self._recent = deque(((i, f, pad(v)) for i, f, v in self._recent), maxlen=self.n_recent)
+        if self.global_first:
+            self._joined.append((self._t, feats, labels))
+        self._remember(feats, labels)
+        return labels[0]
+
     def _remember(self, feats: Tensor, labels: Tensor) -> None:
         if self.n_recent:
             if not self._recent:  # the start of the video: pad the queue with the first frame
@@ -174,6 +217,9 @@ class LabelPropagator:
             keys = query.new_zeros((1, 0, *query.shape[1:]))
             values = first_labels.new_zeros((1, 0, *first_labels.shape[1:]))
         if self.global_first:
+            if self._joined:  # the first frame and the frames where objects joined, all seen whole
+                first_feats = torch.stack([first_feats[0], *(f[0] for _, f, _ in self._joined)])[None]  # (1, G, C, h, w)
+                first_labels = torch.stack([first_labels[0], *(v[0] for _, _, v in self._joined)])[None]  # (1, G, D, h, w)
             return mixed_context_attention(
                 query, first_feats, first_labels, keys, values,
                 radius=self.radius, temperature=self.temperature, topk=self.topk, window=self.window,

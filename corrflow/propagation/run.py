@@ -1,5 +1,12 @@
-"""``propagate(cfg)``: propagate the first frame's labels through every video of a task, write
+"""``propagate(cfg)``: propagate the given labels through every video of a task, write
 the predictions, score them, draw them. ``tools/propagate.py`` is its Hydra entry point.
+
+Per video, the task's targets say where labels are given (:class:`~corrflow.propagation.targets.MaskPlan`):
+the first frame (the default), the frames where later objects join (YouTube-VOS;
+``task.late_objects``; the segmenter's ``join``), or keyframes (``task.keyframes``: forward and
+backward passes between them, fused; :mod:`corrflow.propagation.keyframes`). Under torchrun
+(``launcher=torchrun``) each rank takes a frame-balanced share of the videos and rank 0 scores
+once all have finished (:mod:`corrflow.propagation.distributed`).
 
 What runs on each video is the ``method`` config's per-video segmenter
 (:mod:`corrflow.propagation.methods`): label propagation (the default) or a trained segmenter
@@ -11,6 +18,7 @@ Output, under ``cfg.output_dir``::
     results/<seq>.done                            written last: the sequence is finished; names the run that made it
     overlays/<seq>.png, overlays/<seq>.gif        pictures
     scores/                                       the evaluation's CSVs
+    submission.zip                                where the targets pack one (task=ytvos)
     runs/<time>/config.yaml                       the resolved config of each run that propagated a video
     config.yaml                                   a copy of the latest of those
 
@@ -31,6 +39,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +47,11 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from tqdm import tqdm
+
+from corrflow.propagation.distributed import Ranks, launch_torchrun, shard_by_frames, under_torchrun
+from corrflow.propagation.keyframes import fusion_weights, segments
 
 __all__ = ["fingerprint", "propagate", "register_resolvers", "resolve_device"]
 
@@ -93,6 +106,14 @@ def fingerprint(cfg: DictConfig) -> str:
     for key in ("split", "sequences", "split_file"):
         parts["task"].get("dataset", {}).pop(key, None)
     parts["task"].get("targets", {}).pop("validate_annotations", None)
+    # Options at their defaults leave the hash as it was before they existed (earlier runs resume).
+    for holder in (parts["task"], parts["task"].get("targets", {})):
+        if holder.get("keyframes") is None:
+            holder.pop("keyframes", None)
+            holder.pop("fusion", None)
+        if not holder.get("late_objects"):
+            holder.pop("late_objects", None)
+        holder.pop("submission", None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -149,22 +170,83 @@ def _record_run(out: Path, cfg: DictConfig, key: str) -> str:
     return name
 
 
+def _image(session, frame: np.ndarray) -> Tensor:
+    return session.prepare(torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0))  # (3, H, W)
+
+
 def _propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, progress: bool) -> int:
     """Segment one video with the method's per-video ``segmenter`` (a
     :class:`~corrflow.propagation.methods.VideoSegmenter`), writing its predictions; returns the
-    number of frames processed."""
+    number of frames processed (counted once a pass: with keyframes, most frames twice)."""
     session = targets.start(video, stride=segmenter.stride, results_dir=results_dir)
-    frames = video.frames(session.start)
-    total = len(video) - session.start
-    if progress:
-        frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
-    for t, frame in enumerate(frames, start=session.start):
-        image = session.prepare(torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0))  # (3, H, W)
-        pred = segmenter.step(image, session.labels if t == session.start else None)
+
+    def emit(t: int, frame: np.ndarray, pred: Tensor | None) -> None:
         decoded = session.emit(t, pred)
         if recorder is not None and recorder.wants(t):
             recorder.add(t, session.draw(frame, decoded))
+
+    if getattr(session, "keyframes", None):
+        total = _propagate_keyframes(video, session, segmenter, emit, progress=progress)
+    else:
+        entries = session.plan.entries if hasattr(session, "plan") else {}
+        frames = video.frames(session.start)
+        total = len(video) - session.start
+        if progress:
+            frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
+        for t, frame in enumerate(frames, start=session.start):
+            image = _image(session, frame)
+            if t == session.start:
+                pred = segmenter.step(image, session.labels)
+            elif t in entries:  # objects join here
+                pred = segmenter.join(image, session.given_labels(t))
+            else:
+                pred = segmenter.step(image)
+            emit(t, frame, pred)
     session.finish()
+    return total
+
+
+def _run_pass(video, session, segmenter, order: Sequence[int]) -> Iterator[tuple[int, np.ndarray, Tensor]]:
+    """One propagation pass over the frames ``order`` (forward or backward): restarted at
+    ``order[0]``, a keyframe, with its given labels. Yields ``(t, frame, soft prediction)`` for the others."""
+    for n, t in enumerate(order):
+        frame = video.frame(t)
+        if n == 0:
+            segmenter.step(_image(session, frame), session.given_labels(t))
+        else:
+            yield t, frame, segmenter.step(_image(session, frame))
+
+
+def _propagate_keyframes(video, session, segmenter, emit, *, progress: bool) -> int:
+    """Keyframes (:mod:`corrflow.propagation.keyframes`): each keyframe written as given; the frames
+    between two keyframes forward from the earlier and backward from the later (its soft predictions
+    kept, on the CPU, for the span), fused; before the first only backward, after the last only forward."""
+    keys, mode = session.keyframes, session.fusion
+    for k in keys:
+        emit(k, video.frame(k), None)
+    total = len(keys)
+    spans = list(segments(keys, len(video)))
+    bar = tqdm(total=sum(len(r) for _, _, r in spans), desc=video.name, unit="frame", leave=False) if progress else None
+    for a, b, span in spans:
+        backward: dict[int, Tensor] = {}
+        if b is not None:
+            for t, frame, pred in _run_pass(video, session, segmenter, [b, *reversed(span)]):
+                total += 1
+                if a is None:
+                    emit(t, frame, pred)
+                    bar is not None and bar.update()
+                else:
+                    backward[t] = pred.cpu()
+        if a is not None:
+            for t, frame, pred in _run_pass(video, session, segmenter, [a, *span]):
+                total += 1
+                if b is not None:
+                    wf, wb = fusion_weights(t, a, b, mode=mode)
+                    pred = wf * pred + wb * backward.pop(t).to(pred.device)
+                emit(t, frame, pred)
+                bar is not None and bar.update()
+    if bar is not None:
+        bar.close()
     return total
 
 
@@ -196,14 +278,35 @@ def _describe(segmenter) -> str:
     return f"{type(segmenter).__name__} on {type(features).__name__}" if features is not None else type(segmenter).__name__
 
 
-def propagate(cfg: DictConfig) -> dict[str, Any]:
+def propagate(cfg: DictConfig) -> dict[str, Any] | None:
     """Segment (by the ``method``: label propagation, STM), write, score and draw every video of ``cfg.task``.
+
+    With ``launcher=torchrun`` (and not already a rank) the same command is started again as
+    ``nproc_per_node`` ranks (:mod:`corrflow.propagation.distributed`) and this returns None once
+    they finish; under torchrun each rank propagates its share of the videos and rank 0 scores.
 
     Returns:
         ``{"output_dir", "results_dir", "sequences": [per-sequence rows], "scores": {metric: value} | None,
         "skipped": [names resumed from an earlier run], "seconds_per_frame": over the rows' videos
-        (each timed when it was segmented, the given first frame included)}``.
+        (each timed when it was segmented, the given first frame included), "submission": the
+        archive's path or None}`` (on every rank).
     """
+    launcher = str(cfg.get("launcher") or "none")
+    if launcher not in ("none", "torchrun"):
+        raise ValueError(f"launcher must be 'none' or 'torchrun', got {launcher!r}")
+    if launcher == "torchrun" and not under_torchrun():
+        status = launch_torchrun(cfg.get("nproc_per_node", "auto"))
+        if status:
+            from corrflow.utils.cli import UserError
+
+            raise UserError(f"launcher=torchrun: a rank failed (exit status {status}); its error is above. "
+                            "Finished videos are kept: the same command resumes")
+        return None
+    with Ranks(resolve_device(str(cfg.device))) as ranks:
+        return _propagate(cfg, ranks)
+
+
+def _propagate(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     results_dir, overlays_dir, scores_dir = out / "results", out / "overlays", out / "scores"
     if cfg.get("seed") is not None:
@@ -211,8 +314,9 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
 
     # Inputs first: nothing is written before the data, the method and the annotations are checked.
     method = str(cfg.method.name)
-    log.info("propagate: task=%s method=%s -> %s", cfg.task.name, method, out)
-    device = resolve_device(str(cfg.device))
+    device = ranks.device
+    if ranks.main:
+        log.info("propagate: task=%s method=%s -> %s", cfg.task.name, method, out)
     dataset = instantiate(cfg.task.dataset)
     if len(dataset) == 0:
         raise ValueError(f"task={cfg.task.name}: no videos under data.root={cfg.data.root}")
@@ -220,25 +324,39 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
     segmenter = instantiate(cfg.method.segmenter)(device=device, targets=targets)  # a per-video VideoSegmenter
     recorder_factory = instantiate(cfg.overlay) if cfg.get("overlay") else None
     key = fingerprint(cfg)
-    progress = bool(cfg.get("progress", True))
-    done_before = {}
-    for video in dataset:
-        done = _done_path(results_dir, video.name)
-        record = _read_done(done) if done.is_file() else None
-        if record is not None and record.get("fingerprint") == key:
-            done_before[video.name] = record
-        else:
-            targets.check(video)
-    log.info("%d videos (%d finished earlier); %s (labels at stride %d) on %s; config fingerprint %s", len(dataset),
-             len(done_before), _describe(segmenter), segmenter.stride, device, key)  # fmt: skip
+    progress = bool(cfg.get("progress", True)) and ranks.main
+    mine = set(shard_by_frames([len(v) for v in dataset], ranks.world_size)[ranks.rank])
+    done_before, error = {}, None
+    try:
+        for i, video in enumerate(dataset):
+            done = _done_path(results_dir, video.name)
+            record = _read_done(done) if done.is_file() else None
+            if record is not None and record.get("fingerprint") == key:
+                done_before[video.name] = record
+            elif i in mine:
+                plan = targets.check(video)
+                if getattr(plan, "entries", None) and not hasattr(segmenter, "join"):
+                    raise ValueError(
+                        f"{video.name}: objects enter after the first given frame ({video.annotation_path(next(iter(plan.entries)))}), "
+                        f"but method={method} cannot take objects once a video has started; use method=label_propagation"
+                    )
+    except Exception as e:  # noqa: BLE001 - every rank stops, each saying why
+        error = e
+    ranks.raise_any(error)
+    if ranks.main:
+        log.info("%d videos (%d finished earlier)%s; %s (labels at stride %d) on %s; config fingerprint %s", len(dataset),
+                 len(done_before), f", {ranks.world_size} ranks" if ranks.world_size > 1 else "", _describe(segmenter),
+                 segmenter.stride, device, key)  # fmt: skip
 
-    run_name = _record_run(out, cfg, key) if len(done_before) < len(dataset) else None
-    if run_name is not None:
+    run_name = _record_run(out, cfg, key) if ranks.main and len(done_before) < len(dataset) else None
+    run_name = ranks.broadcast(run_name)
+    if run_name is not None and ranks.main:
         log.info("config recorded in %s", out / RUNS_DIR / run_name / "config.yaml")
     results_dir.mkdir(parents=True, exist_ok=True)
 
     rows, skipped = [], []
-    videos = tqdm(dataset, desc="videos", unit="video") if progress else dataset
+    share = [v for i, v in enumerate(dataset) if i in mine]
+    videos = tqdm(share, desc="videos", unit="video") if progress else share
     for video in videos:
         done = _done_path(results_dir, video.name)
         record = done_before.get(video.name)
@@ -266,6 +384,23 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
         rows.append({"sequence": video.name, "frames": frames, "seconds": secs, "fps": frames / max(secs, 1e-9),
                      "s/frame": secs / max(frames, 1)})  # fmt: skip
 
+    # Every rank has finished its share: rank 0 packs, scores and reports, once.
+    gathered = ranks.gather((rows, skipped))
+    order = {name: i for i, name in enumerate(dataset.names)}
+    rows = sorted((r for g in gathered for r in g[0]), key=lambda r: order[r["sequence"]])
+    skipped = sorted((s for g in gathered for s in g[1]), key=order.get)
+    result = None
+    if ranks.main:
+        result = _report(cfg, targets, dataset, rows, skipped, out, results_dir, scores_dir, method)
+    return ranks.broadcast(result)
+
+
+def _report(cfg, targets, dataset, rows, skipped, out: Path, results_dir: Path, scores_dir: Path, method: str) -> dict[str, Any]:
+    """Pack (a submission archive, where the targets make one), score, print the table."""
+    finalize = getattr(targets, "finalize", None)
+    submission = finalize(results_dir=results_dir, dataset=dataset, output_dir=out) if finalize else None
+    if submission is not None:
+        log.info("submission archive: %s", submission)
     scores = _score(cfg, targets, dataset, results_dir, scores_dir) if cfg.get("score", True) else None
     per_seq = targets.per_sequence(scores) if scores is not None else {}
     for row in rows:
@@ -277,6 +412,8 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
     total_frames, total_seconds = sum(r["frames"] for r in rows), sum(r["seconds"] for r in rows)
     seconds_per_frame = total_seconds / max(total_frames, 1)
     table += f"\nmethod={method}: {total_frames} frames in {total_seconds:.1f} s, {seconds_per_frame:.3f} s a frame"
+    if submission is not None:
+        table += f"\nsubmission: {submission}"
     print(table)
     return {
         "output_dir": str(out),
@@ -285,4 +422,5 @@ def propagate(cfg: DictConfig) -> dict[str, Any]:
         "scores": {k: float(v) for k, v in summary.items() if isinstance(v, (int, float, np.floating))} if summary else None,
         "skipped": skipped,
         "seconds_per_frame": seconds_per_frame,
+        "submission": str(submission) if submission is not None else None,
     }
