@@ -109,6 +109,38 @@ def start_from(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.Lightn
     return None
 
 
+def adopt_checkpoint_architecture(cfg: DictConfig) -> list[str]:
+    """Make ``cfg.model`` build the network that ``ckpt_path`` holds (its weights replace the new
+    ones anyway): the backbone's architecture (``arch`` and strides, with ``init=random``, so that
+    neither the ImageNet weights nor the corrflow checkpoint of the first stage are needed again)
+    and the segmenter's widths, from the checkpoint's ``corrflow`` record. Without this, stage 2
+    started from a Lite0 (or narrow) stage-1 checkpoint would build the config's default network
+    and refuse the weights. Returns the ``key=value`` settings that changed (logged)."""
+    if not cfg.get("ckpt_path") or "model" not in cfg:
+        return []
+    meta = read_checkpoint(cfg.ckpt_path, what="ckpt_path")[1] or {}
+    changed: list[str] = []
+
+    def adopt(node: DictConfig | None, prefix: str, values: dict, keys) -> None:
+        if node is None:
+            return
+        for k in keys:
+            if k in values and k in node and node[k] != values[k]:
+                changed.append(f"{prefix}.{k}={values[k]}")
+                node[k] = values[k]
+
+    saved_bb = meta.get("backbone") or {}
+    bb = cfg.model.get("backbone")
+    if saved_bb and bb is not None:
+        adopt(bb, "model.backbone", saved_bb, ("arch", "finest_stride", "min_stride", "max_stride"))
+        if "init" in bb and bb.init != "random":
+            changed.append("model.backbone.init=random (the checkpoint's weights are loaded)")
+            bb.init = "random"
+    saved_net = meta.get("segmenter") or {}
+    adopt(cfg.model.get("net"), "model.net", saved_net, list(saved_net))
+    return changed
+
+
 def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train a segmenter as configured. Returns (final metrics, the objects built);
     ``objects["interrupted"]``: Ctrl-C stopped the run (``last.ckpt`` saved, no ``final.ckpt``)."""
@@ -117,6 +149,9 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
+    changed = adopt_checkpoint_architecture(cfg)
+    if changed:
+        log.info("ckpt_path=%s: building the network it holds: %s", cfg.ckpt_path, ", ".join(changed))
     model = hydra.utils.instantiate(cfg.model)
     resume = start_from(cfg, model, datamodule)
     trainer, callbacks = build_trainer(cfg)

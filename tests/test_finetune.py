@@ -133,6 +133,22 @@ def test_video_experiment_from_the_static_run_then_resumed(make_cfg, tmp_path):
     assert float(rows[0]["train/max_skip"]) == max_skip_at(2, start=0, end=8, ramp_steps=4) == 4
 
 
+def test_stage_two_builds_the_network_its_checkpoint_holds(make_cfg, pretrain_ckpt, tmp_path):
+    """Stage 1 on a CRW-variant backbone started from a pretraining checkpoint, with narrow heads;
+    stage 2 given only ckpt_path (the config's defaults: CorrFlow arch, paper widths) builds that
+    network, loads its weights exactly and needs neither the pretraining file nor the presets."""
+    path, _ = pretrain_ckpt
+    _, static = finetune(make_cfg("experiment=stm_static", *TINY, f"model.backbone.init={path}", "model=stm_narrow", "trainer.max_steps=1", out="static"))
+    weights = {k: v.clone() for k, v in static["model"].state_dict().items()}
+    path.unlink()  # stage 2 must not need the pretraining file
+    _, video = finetune(make_cfg("experiment=stm", *TINY, f"ckpt_path={static['final_ckpt']}", "model.optimizer.lr=0", out="video"))
+    net = video["model"].net
+    assert net.config == static["model"].net.config and net.config["key_dim"] != 128
+    assert video["cfg"].model.backbone.init == "random"
+    for k, v in video["model"].state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
 def test_bootstrapped_loss_option_trains(make_cfg):
     metrics, objs = finetune(make_cfg("experiment=stm", *TINY, "model.backbone.arch=crw", "model.loss.top_p=0.2", "trainer.max_steps=1"))
     assert objs["trainer"].global_step == 1 and torch.isfinite(torch.tensor(metrics["train/loss_step"]))
