@@ -320,7 +320,7 @@ def serve(app, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True)
     app.queue(default_concurrency_limit=2)
     _, url, _ = app.launch(
         server_name=host, server_port=int(port) or None, prevent_thread_lock=True, allowed_paths=[str(work_dir)],
-        show_api=False, ssr_mode=False, quiet=True, inbrowser=False, share=False,
+        ssr_mode=False, quiet=True, inbrowser=False, share=False,
     )  # fmt: skip
     print(f"corrflow demo page: {url}", flush=True)
     if block:
