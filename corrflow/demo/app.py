@@ -109,7 +109,7 @@ def build_app(
     samples_dir: str | None = None,
     sample: str | None = "bikes.mp4",
     features: str | None = None,
-    protocol: str = "crw",
+    protocol: str = "corrflow",
     max_frames: int = 60,
     short_side: int = 240,
     n_objects: int = 4,
