@@ -14,7 +14,13 @@ from PIL import Image
 
 from corrflow.data.readers import VideoReadError
 from corrflow.demo.clip import ClipVideo, load_clip, resized_size, sample_clips
-from corrflow.demo.masks import ALPHA_THRESHOLD, brush_colours, frame_of, ids_from_layers, mask_from_png
+from corrflow.demo.masks import (
+    ALPHA_THRESHOLD,
+    brush_colours,
+    frame_of,
+    ids_from_layers,
+    mask_from_png,
+)
 from corrflow.demo.session import Cancelled, Segmenters, propagate_clip
 from corrflow.propagation.run import propagate
 from corrflow.utils.cli import find_user_error

@@ -1,6 +1,7 @@
 """The demo page in a real browser: headless Chromium (the system's ``chromium`` and
 ``chromedriver``, Debian's ``chromium`` + ``chromium-driver``; nothing is downloaded) driven by
-Selenium. A tiny generated clip is the sample clip; a palette PNG is the mask; lab features.
+Selenium. A tiny generated clip is the sample clip; a painted stroke is taken as a mask (then
+cleared); a palette PNG is the mask propagated; lab features.
 
 Skips, saying why, where Gradio, Selenium, PyAV, Chromium or chromedriver are missing.
 
@@ -123,9 +124,10 @@ def _text(driver, elem_id: str) -> str:
     return driver.find_element("css selector", f"#{elem_id}").text
 
 
-def drive(driver, url: str, mask_png: Path, *, features: str | None = None, run_timeout: float = 120) -> dict:
-    """Load the page's sample clip, give ``mask_png``, (choose ``features``), propagate, and wait
-    for the result. Returns ``{"status", "overlay_src", "zip_href"}``."""
+def drive(driver, url: str, mask_png: Path, *, features: str | None = None, run_timeout: float = 120, paint: bool = False) -> dict:
+    """Load the page's sample clip, (paint a stroke, take it as frame 0's mask, clear it,) give
+    ``mask_png``, (choose ``features``), propagate, and wait for the result. Returns
+    ``{"status", "overlay_src", "zip_href", "painted"}`` ("painted": what the page said of the stroke)."""
     by_css = "css selector"
     t0 = time.perf_counter()
     driver.get(url)
@@ -134,6 +136,17 @@ def drive(driver, url: str, mask_png: Path, *, features: str | None = None, run_
     driver.find_element(by_css, "#load").click()
     _wait(driver, lambda d: "frames of" in _text(d, "clip-info"), 60, "the clip to load")
     print(f"clip loaded: {time.perf_counter() - t0:.1f} s")
+    painted = None
+    if paint:  # a stroke across the middle of the frame (shown centred on the canvas) with the first colour
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        canvas = driver.find_elements(by_css, "#editor canvas")[-1]
+        ActionChains(driver).move_to_element_with_offset(canvas, -10, 0).click_and_hold().move_by_offset(20, 0).release().perform()
+        driver.find_element(by_css, "#use-painting").click()
+        _wait(driver, lambda d: "Masks on frame 0" in _text(d, "marked"), 60, "the painting to be taken")
+        painted = _text(driver, "marked")
+        driver.find_element(by_css, "#clear").click()
+        _wait(driver, lambda d: "No mask yet" in _text(d, "marked"), 60, "the masks to be cleared")
     driver.find_element(by_css, "#mask-png input[type=file]").send_keys(str(mask_png))
     _wait(driver, lambda d: "Masks on frame 0" in _text(d, "marked"), 60, "the mask to be taken")
     print(f"mask taken: {time.perf_counter() - t0:.1f} s")
@@ -144,7 +157,7 @@ def drive(driver, url: str, mask_png: Path, *, features: str | None = None, run_
     print(f"propagated: {time.perf_counter() - t0:.1f} s")
     overlay = _wait(driver, lambda d: d.find_elements(by_css, "#overlay img"), 30, "the overlay")[0]
     link = _wait(driver, lambda d: d.find_elements(by_css, "#download a[href]"), 30, "the download link")[0]
-    return {"status": _text(driver, "status"), "overlay_src": overlay.get_attribute("src"), "zip_href": link.get_attribute("href")}
+    return {"status": _text(driver, "status"), "overlay_src": overlay.get_attribute("src"), "zip_href": link.get_attribute("href"), "painted": painted}
 
 
 def _fetch(href: str) -> bytes:
@@ -170,7 +183,8 @@ def test_demo_page_in_headless_chromium(tmp_path: Path) -> None:
     app, url = start_page(tmp_path / "work", samples_dir=str(samples), sample="squares.mp4", max_frames=n, short_side=48, protocol="crw")
     driver = chromium(tmp_path / "chromium-profile")
     try:
-        got = drive(driver, url, tmp_path / "00000.png", features="lab")
+        got = drive(driver, url, tmp_path / "00000.png", features="lab", paint=True)
+        assert got["painted"] == "Masks on frame 0 (objects [1])"  # the brush's first colour is object 1
         assert f"{n} frames (64x48) propagated from frame 0" in got["status"] and "features=lab" in got["status"]
         assert _fetch(got["overlay_src"])[:6] in (b"GIF89a", b"GIF87a")
         with zipfile.ZipFile(io.BytesIO(_fetch(got["zip_href"]))) as z:

@@ -219,7 +219,7 @@ def build_app(
         return run_id, "Propagating..."
 
     @_page_errors
-    def run(clip, masks, editor, t, features_, protocol_, ckpt_, run_id, progress=gr.Progress()):
+    def run(clip, masks, editor, t, features_, protocol_, ckpt_, run_id, progress=gr.Progress()):  # noqa: B008 - Gradio's way to ask for a progress bar
         clip = _need_clip(clip)
         masks = dict(masks or {})
         painted = _painted(editor, clip, n_objects)
@@ -279,7 +279,7 @@ def build_app(
                 editor = gr.ImageEditor(
                     type="numpy", label="Paint the objects (colour 1 = object 1, ...)", elem_id="editor", sources=(),
                     brush=gr.Brush(colors=colours, default_color=colours[0], color_mode="fixed"), eraser=gr.Eraser(),
-                    transforms=(), layers=False, format="png",
+                    transforms=(), layers=False, format="png", canvas_size=(round(short_side * 16 / 9), short_side),
                 )  # fmt: skip
                 with gr.Row():
                     use_btn = gr.Button("Use this painting for this frame", elem_id="use-painting")

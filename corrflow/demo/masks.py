@@ -29,7 +29,7 @@ def brush_colours(n_objects: int) -> list[str]:
     """The brush colour of objects 1..n, as ``#rrggbb`` (the DAVIS palette's, as the written PNGs)."""
     if not 1 <= n_objects <= 254:
         raise ValueError(f"between 1 and 254 objects, got {n_objects}")
-    return ["#%02x%02x%02x" % tuple(int(v) for v in DAVIS_COLOURS[i]) for i in range(1, n_objects + 1)]
+    return ["#" + "".join(f"{int(v):02x}" for v in DAVIS_COLOURS[i]) for i in range(1, n_objects + 1)]
 
 
 def ids_from_layers(layers: Sequence[np.ndarray], size: tuple[int, int], *, n_objects: int) -> np.ndarray:
