@@ -1,0 +1,32 @@
+"""The demo page: load your video, mark the objects, watch them propagate (``pip install -e ".[demo]"``).
+
+    python tools/demo.py                                   # lab features until you train one
+    python tools/demo.py ckpt=logs/train/runs/<run>/checkpoints/last.ckpt
+    python tools/demo.py device=cpu port=8080 max_frames=30 short_side=180
+
+Prints the page's address. See conf/demo.yaml; the page is corrflow.demo.app.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from corrflow.utils.cli import user_errors
+
+
+@hydra.main(config_path="../conf", config_name="demo", version_base="1.3")
+@user_errors
+def main(cfg: DictConfig) -> None:
+    from corrflow.demo.app import build_app, serve
+
+    app = build_app(
+        ckpt=cfg.ckpt, device=cfg.device, samples_dir=cfg.samples_dir, sample=cfg.sample, features=cfg.features,
+        protocol=cfg.protocol, max_frames=cfg.max_frames, short_side=cfg.short_side, n_objects=cfg.n_objects,
+        work_dir=cfg.work_dir,
+    )  # fmt: skip
+    serve(app, host=cfg.host, port=cfg.port)
+
+
+if __name__ == "__main__":
+    main()
