@@ -165,7 +165,6 @@ def _fetch(href: str) -> bytes:
         return r.read()
 
 
-@pytest.mark.slow  # about 90 s on a busy 2-core machine, mostly the browser; .ci/run runs it
 def test_demo_page_in_headless_chromium(tmp_path: Path) -> None:
     why = missing()
     if why:
