@@ -76,7 +76,12 @@ def read_segmenter_checkpoint(path: str | Path, *, kind: str) -> dict:
         to start from it instead), another segmenter's, or not a corrflow checkpoint.
     """
     path = Path(path)
-    ckpt, meta = read_checkpoint(path, what="ckpt_path")
+    return check_segmenter_kind(path, *read_checkpoint(path, what="ckpt_path"), kind=kind)
+
+
+def check_segmenter_kind(path: Path, ckpt: dict, meta: dict | None, *, kind: str) -> dict:
+    """``ckpt`` (read from ``path``, with its ``corrflow`` entry ``meta``) if it is a ``kind``
+    segmenter's; the errors of :func:`read_segmenter_checkpoint` otherwise."""
     if meta is None:
         raise ValueError(f"ckpt_path={path} is not a corrflow checkpoint (no 'corrflow' entry)")
     found = meta.get("kind", "pretraining" if "encoder" in meta else None)
@@ -90,12 +95,13 @@ def read_segmenter_checkpoint(path: str | Path, *, kind: str) -> dict:
     raise ValueError(f"ckpt_path={path} is a {str(found).upper()} checkpoint; this run trains {kind.upper()}")
 
 
-def start_from(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.LightningDataModule) -> str | None:
-    """Apply ``ckpt_path``: returns the checkpoint to resume from (same stage), or loads the
-    weights of one from the other stage into ``model`` and returns None (see the module docstring)."""
-    if not cfg.get("ckpt_path"):
+def start_from(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.LightningDataModule, loaded: tuple[dict, dict | None] | None) -> str | None:
+    """Apply ``ckpt_path`` (``loaded``: its (checkpoint, corrflow entry), read once by
+    :func:`finetune`): returns the checkpoint to resume from (same stage), or loads the weights of
+    one from the other stage into ``model`` and returns None (see the module docstring)."""
+    if loaded is None:
         return None
-    ckpt = read_segmenter_checkpoint(cfg.ckpt_path, kind=model.kind)
+    ckpt = check_segmenter_kind(Path(cfg.ckpt_path), *loaded, kind=model.kind)
     saved, now = ckpt["corrflow"].get("stage"), getattr(datamodule, "stage", None)
     if saved == now:
         log.info("resuming %s (%s stage, step %s)", cfg.ckpt_path, now, ckpt.get("global_step"))
@@ -109,16 +115,15 @@ def start_from(cfg: DictConfig, model: pl.LightningModule, datamodule: pl.Lightn
     return None
 
 
-def adopt_checkpoint_architecture(cfg: DictConfig) -> list[str]:
+def adopt_checkpoint_architecture(cfg: DictConfig, meta: dict | None) -> list[str]:
     """Make ``cfg.model`` build the network that ``ckpt_path`` holds (its weights replace the new
     ones anyway): the backbone's architecture (``arch`` and strides, with ``init=random``, so that
     neither the ImageNet weights nor the corrflow checkpoint of the first stage are needed again)
-    and the segmenter's widths, from the checkpoint's ``corrflow`` record. Without this, stage 2
+    and the segmenter's widths, from the checkpoint's ``corrflow`` record ``meta``. Without this, stage 2
     started from a Lite0 (or narrow) stage-1 checkpoint would build the config's default network
     and refuse the weights. Returns the ``key=value`` settings that changed (logged)."""
-    if not cfg.get("ckpt_path") or "model" not in cfg:
+    if not meta or "model" not in cfg:
         return []
-    meta = read_checkpoint(cfg.ckpt_path, what="ckpt_path")[1] or {}
     changed: list[str] = []
 
     def adopt(node: DictConfig | None, prefix: str, values: dict, keys) -> None:
@@ -149,11 +154,12 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
-    changed = adopt_checkpoint_architecture(cfg)
+    loaded = read_checkpoint(cfg.ckpt_path, what="ckpt_path") if cfg.get("ckpt_path") else None  # read once
+    changed = adopt_checkpoint_architecture(cfg, loaded[1] if loaded else None)
     if changed:
         log.info("ckpt_path=%s: building the network it holds: %s", cfg.ckpt_path, ", ".join(changed))
     model = hydra.utils.instantiate(cfg.model)
-    resume = start_from(cfg, model, datamodule)
+    resume = start_from(cfg, model, datamodule, loaded)
     trainer, callbacks = build_trainer(cfg)
 
     hparams = {"config": OmegaConf.to_container(cfg, resolve=True), "git_sha": git_sha()}

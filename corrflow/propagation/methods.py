@@ -160,6 +160,15 @@ class STMVideoSegmenter:
         return self._to_frame(self.inference.step(self._to_working(frame.to(self.device), mode="bilinear")), hw)
 
 
+def require_masks(targets: Any, method: str) -> None:
+    """A segmenter method's check that the task's targets are object masks (not keypoints)."""
+    if not isinstance(targets, MaskTargets):
+        raise ValueError(
+            f"method={method} segments object masks, but this task's targets are {type(targets).__name__}: "
+            "use method=label_propagation (the default) for it"
+        )
+
+
 def stm(
     *,
     ckpt: str | os.PathLike | None,
@@ -179,11 +188,7 @@ def stm(
     from corrflow.models.backbone import checkpoint_kind
     from corrflow.models.segmenters import load_segmenter
 
-    if not isinstance(targets, MaskTargets):
-        raise ValueError(
-            f"method=stm segments object masks, but this task's targets are {type(targets).__name__}: "
-            "use method=label_propagation (the default) for it"
-        )
+    require_masks(targets, "stm")
     if not ckpt:
         raise ValueError("method=stm needs an STM checkpoint: ckpt=<a tools/finetune.py checkpoint, e.g. <run>/checkpoints/final.ckpt>")
     path = Path(ckpt)
@@ -259,11 +264,7 @@ def osvos(
     """
     from corrflow.propagation.osvos import OSVOSVideoSegmenter
 
-    if not isinstance(targets, MaskTargets):
-        raise ValueError(
-            f"method=osvos segments object masks, but this task's targets are {type(targets).__name__}: "
-            "use method=label_propagation (the default) for it"
-        )
+    require_masks(targets, "osvos")
     if not ckpt:
         raise ValueError("method=osvos needs an OSVOS parent checkpoint: ckpt=<tools/finetune.py experiment=osvos_parent run>/checkpoints/final.ckpt")
     parent = _load_osvos(Path(ckpt), kind="osvos", key="ckpt")
