@@ -164,6 +164,84 @@ def test_snapped_frames_are_the_unsnapped_labels_on_the_contour_superpixels(ckpt
     torch.testing.assert_close(snap.step(images[1]).argmax(0), expected)
 
 
+def test_batched_frames_equal_one_at_a_time(ckpts):
+    """step_many on a batch (cut into batch_frames chunks) gives what step gives frame by frame."""
+    parent = load_segmenter(ckpts["parent"], kind="osvos")
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    frames, masks = moving_objects(6, (32, 48), n_objects=2, seed=2)
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    onehot = torch.stack([torch.from_numpy(masks[0] == i).float() for i in range(3)])
+    one, many = OSVOSVideoSegmenter(parent, steps=2, optimizer=opt, batch_frames=1), OSVOSVideoSegmenter(parent, steps=2, optimizer=opt, batch_frames=2)
+    one.step(images[0], onehot)
+    many.step(images[0], onehot)
+    singles = torch.stack([one.step(f) for f in images[1:]])
+    batched = many.step_many(images[1:])  # 5 frames: chunks of 2, 2, 1
+    assert batched.shape == (5, 3, 32, 48)
+    torch.testing.assert_close(batched, singles, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="batch_frames"):
+        OSVOSVideoSegmenter(parent, optimizer=opt, batch_frames=0)
+
+
+def test_short_side_fine_tunes_and_segments_resized_frames(ckpts):
+    """method.short_side: the copy is fine-tuned on the resized first frame and area-resized masks,
+    frames are segmented resized, and the probabilities come back at the frame's size: equal to
+    doing those steps by hand."""
+    parent = load_segmenter(ckpts["parent"], kind="osvos")
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    frames, masks = moving_objects(3, (40, 64), n_objects=1, seed=6)
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    onehot = torch.stack([torch.from_numpy(masks[0] == i).float() for i in range(2)])
+    seg = OSVOSVideoSegmenter(parent, steps=2, optimizer=opt, short_side=20, seed=3)
+    assert torch.equal(seg.step(images[0], onehot), onehot)  # the first frame: its own labels
+    out = seg.step(images[1])
+    assert out.shape == (2, 40, 64)
+
+    from corrflow.utils.seeding import derive_seed
+
+    small = torch.nn.functional.interpolate(images[:2], size=(20, 32), mode="bilinear", antialias=True, align_corners=False)
+    mask = torch.nn.functional.interpolate(onehot[None, 1:], size=(20, 32), mode="area")[0, 0]
+    tuned = one_shot_finetune(parent, small[0], mask, steps=2, optimizer=opt, seed=derive_seed(3, "osvos-object", 0))
+    with torch.no_grad():
+        prob = torch.sigmoid(tuned(small[1][None]).fused)
+    prob = torch.nn.functional.interpolate(prob, size=(40, 64), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(out, combine_objects(prob, threshold=0.5), atol=1e-6, rtol=0)
+
+
+def test_run_batches_osvos_frames_without_changing_the_predictions(davis_root, ckpts, tmp_path):
+    """tools/propagate.py method=osvos: method.batch_frames=3 writes the PNGs that batch_frames=1 does."""
+    a, b = tmp_path / "one", tmp_path / "three"
+    run_osvos(davis_root, a, ckpts["parent"], "method.batch_frames=1", "overlay=null", "score=false")
+    run_osvos(davis_root, b, ckpts["parent"], "method.batch_frames=3", "overlay=null", "score=false", "method.short_side=16")
+    run_osvos(davis_root, b / "same", ckpts["parent"], "method.batch_frames=3", "overlay=null", "score=false")
+    for seq in ("a", "b"):
+        for png in sorted((a / "results" / seq).glob("*.png")):
+            np.testing.assert_array_equal(read_indexed_png(png), read_indexed_png(b / "same" / "results" / seq / png.name))
+    small = sorted((b / "results" / "a").glob("*.png"))
+    assert len(small) == 5 and read_indexed_png(small[1]).shape == (32, 48)  # short_side: still the frame's size
+
+
+def test_fine_tuned_weights_are_kept_only_when_asked(davis_root, ckpts, tmp_path):
+    """method.keep_weights=true: <output_dir>/osvos_weights/<video>.pt, one state dict an object, that
+    loads into the parent's architecture; off by default; neither it nor batch_frames changes the
+    fingerprint (a run resumes)."""
+    from corrflow.propagation.run import fingerprint
+
+    out = tmp_path / "out"
+    run_osvos(davis_root, out, ckpts["parent"], "overlay=null", "score=false")
+    assert not (out / "osvos_weights").exists()
+    (out / "results" / "a.done").unlink()
+    result = run_osvos(davis_root, out, ckpts["parent"], "overlay=null", "score=false", "method.keep_weights=true", "method.batch_frames=2")
+    assert result["skipped"] == ["b"]
+    kept = torch.load(out / "osvos_weights" / "a.pt", weights_only=True)
+    assert len(kept["objects"]) == 2  # the video's two objects
+    net = load_segmenter(ckpts["parent"], kind="osvos")
+    net.load_state_dict(kept["objects"][1])
+    assert any(not torch.equal(v, net.state_dict()[k]) for k, v in load_segmenter(ckpts["parent"], kind="osvos").state_dict().items())
+    base = compose_cfg("task=davis", "method=osvos", f"ckpt={ckpts['parent']}")
+    assert fingerprint(base) == fingerprint(compose_cfg("task=davis", "method=osvos", f"ckpt={ckpts['parent']}", "method.keep_weights=true"))
+    assert fingerprint(base) != fingerprint(compose_cfg("task=davis", "method=osvos", f"ckpt={ckpts['parent']}", "method.short_side=64"))
+
+
 def test_output_folders_name_method_and_snapping():
     base = compose_cfg("task=davis", "method=osvos", "ckpt=/x/logs/osvos_parent/runs/2024-05-01_10-00-00/checkpoints/final.ckpt")
     assert base.output_dir.endswith("/propagate/davis-osvos-2024-05-01_10-00-00-final")

@@ -262,7 +262,7 @@ def test_short_side_segments_resized_frames_and_returns_frame_size_probabilities
     gt0 = torch.as_tensor(masks[0]).long()
     labels = torch.stack([gt0 == i for i in range(3)]).float()  # (1 + N, H, W) one-hot
     seg = STMVideoSegmenter(load_segmenter(stm_ckpt), memory_every=2, max_memory_frames=4, short_side=20)
-    assert seg._working_size((40, 64)) == (20, 32)
+    assert seg.resize.size((40, 64)) == (20, 32)
     first = seg.step(frames[0], labels)
     assert torch.equal(first, labels)  # the given labels, exactly, at the frame's size
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from corrflow.propagation.propagator import LabelPropagator
 from corrflow.propagation.targets import MaskTargets
+from corrflow.propagation.working_size import WorkingSize
 
 __all__ = ["STMVideoSegmenter", "VideoSegmenter", "checkpoint_tag", "label_propagation", "osvos", "stm"]
 
@@ -50,6 +51,10 @@ class VideoSegmenter(Protocol):
     Optional ``join(frame, new)``: objects that enter later (``new`` (K, h, w) their shares of
     each cell) join a started video and the (D + K, h, w) labels of that frame come back
     (:meth:`LabelPropagator.join`). A segmenter without it is refused for videos with late objects.
+
+    Optional ``batch_frames`` and ``step_many(frames)``: a segmenter whose frames do not depend on
+    each other (OSVOS) is handed the frames after the first in (B, 3, H, W) batches of up to
+    ``batch_frames`` and returns (B, D, h, w), what ``step`` would give for each.
     """
 
     stride: int
@@ -103,33 +108,11 @@ class STMVideoSegmenter:
     ) -> None:
         from corrflow.models.segmenters.stm import STMInference
 
-        if short_side is not None and int(short_side) < 16:
-            raise ValueError(f"short_side must be at least 16 pixels (or null for the frame's own size), got {short_side}")
         self.device = torch.device(device)
-        self.short_side = None if short_side is None else int(short_side)
+        self.resize = WorkingSize(short_side)
+        self.short_side = self.resize.short_side
         self.inference = STMInference(net.to(self.device).eval(), every=memory_every, max_frames=max_memory_frames, device=self.device)
         self._empty: tuple[int, ...] | None = None  # (D, H, W) of a video without objects
-
-    def _working_size(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """The (h, w) the network sees for a frame of size ``hw``."""
-        if self.short_side is None:
-            return hw
-        s = self.short_side / min(hw)
-        return max(1, round(hw[0] * s)), max(1, round(hw[1] * s))
-
-    def _to_working(self, x: Tensor, *, mode: str) -> Tensor:
-        """(C, H, W) -> (C, h, w) at the working size (identity without ``short_side``)."""
-        hw = self._working_size((x.shape[-2], x.shape[-1]))
-        if hw == tuple(x.shape[-2:]):
-            return x
-        kwargs = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
-        return torch.nn.functional.interpolate(x[None].float(), size=hw, mode=mode, **kwargs)[0]
-
-    def _to_frame(self, probs: Tensor, hw: tuple[int, int]) -> Tensor:
-        """(D, h, w) probabilities -> (D, H, W) at the frame's size."""
-        if tuple(probs.shape[-2:]) == hw:
-            return probs
-        return torch.nn.functional.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
 
     @property
     def memory_frames(self) -> list[int]:
@@ -147,9 +130,8 @@ class STMVideoSegmenter:
                 self._empty = tuple(labels.shape)
                 return labels.to(self.device, torch.float32)
             self._empty = None
-            hw = (frame.shape[-2], frame.shape[-1])
-            objects = self._to_working(labels[1:].to(self.device, torch.float32), mode="area")
-            probs = self.inference.start(self._to_working(frame.to(self.device), mode="bilinear"), objects)
+            objects = self.resize.masks(labels[1:].to(self.device, torch.float32))
+            probs = self.inference.start(self.resize.frame(frame.to(self.device)), objects)
             # the first frame's own labels, exactly, at its size (the resized ones are what STM memorised)
             return labels.to(self.device, torch.float32) if self.short_side is not None else probs
         if self._empty is not None:
@@ -157,7 +139,7 @@ class STMVideoSegmenter:
             out[0] = 1.0
             return out
         hw = (frame.shape[-2], frame.shape[-1])
-        return self._to_frame(self.inference.step(self._to_working(frame.to(self.device), mode="bilinear")), hw)
+        return self.resize.back(self.inference.step(self.resize.frame(frame.to(self.device))), hw)
 
 
 def require_masks(targets: Any, method: str) -> None:
@@ -240,6 +222,10 @@ def osvos(
     finetune: dict[str, Any],
     optimizer: Callable[..., torch.optim.Optimizer],
     threshold: float = 0.5,
+    batch_frames: int = 8,
+    short_side: int | None = None,
+    keep_weights: bool = False,
+    weights_dir: str | os.PathLike | None = None,
     boundary_snapping: bool = False,
     contour_ckpt: str | os.PathLike | None = None,
     superpixels: dict[str, Any] | None = None,
@@ -255,6 +241,9 @@ def osvos(
         finetune: the one-shot fine-tuning's ``steps``, ``batch_size``, ``degrees``, ``scale``, ``hflip``.
         optimizer: a partial optimizer for it.
         threshold: the background threshold on the objects' probabilities.
+        batch_frames: frames segmented in one forward pass.
+        short_side: None: work at each frame's size; an int: the working size's shorter side.
+        keep_weights, weights_dir: keep each video's fine-tuned weights, as ``<weights_dir>/<video>.pt``.
         superpixels: ``n_segments`` and ``compactness`` of the snapping's watershed.
 
     Raises:
@@ -265,6 +254,8 @@ def osvos(
     from corrflow.propagation.osvos import OSVOSVideoSegmenter
 
     require_masks(targets, "osvos")
+    if keep_weights and not weights_dir:
+        raise ValueError("method.keep_weights=true needs a folder for the weights (method.segmenter.weights_dir)")
     if not ckpt:
         raise ValueError("method=osvos needs an OSVOS parent checkpoint: ckpt=<tools/finetune.py experiment=osvos_parent run>/checkpoints/final.ckpt")
     parent = _load_osvos(Path(ckpt), kind="osvos", key="ckpt")
@@ -277,7 +268,8 @@ def osvos(
             )
         contour = _load_osvos(Path(contour_ckpt), kind="osvos_contour", key="method.contour_ckpt")
     return OSVOSVideoSegmenter(
-        parent, optimizer=optimizer, threshold=threshold, contour=contour, seed=seed, device=device, **dict(finetune), **dict(superpixels or {})
+        parent, optimizer=optimizer, threshold=threshold, contour=contour, seed=seed, device=device, batch_frames=batch_frames,
+        short_side=short_side, keep_weights=weights_dir if keep_weights else None, **dict(finetune), **dict(superpixels or {})
     )
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +24,7 @@ from corrflow.data.vos_static import affine_augmentation
 from corrflow.losses.class_balanced_bce import ClassBalancedBCE, deep_supervision_loss
 from corrflow.models.segmenters.osvos import OSVOSNet
 from corrflow.propagation.boundary_snapping import snap_to_contours
+from corrflow.propagation.working_size import WorkingSize
 from corrflow.utils.seeding import derive_seed, seeded_cpu_rng
 
 __all__ = ["OSVOSVideoSegmenter", "combine_objects", "one_shot_finetune"]
@@ -110,6 +113,14 @@ class OSVOSVideoSegmenter:
     ``contour`` network, the arg-max labels are snapped onto the superpixels of its contour map
     and returned one-hot. The fine-tuned copies live until the next video starts.
 
+    Frames are segmented ``batch_frames`` at a time (:meth:`segment_many`; the run loop batches
+    the frames of a segmenter that has ``batch_frames``, since OSVOS's frames do not depend on each
+    other). With ``short_side``, the fine-tuning and the segmentation work on frames resized so
+    that their shorter side has that many pixels (:class:`~corrflow.propagation.working_size.WorkingSize`):
+    the parent's training crops' scale, and time falling with the square of the scale; the
+    probabilities (and the contour map) come back at the frame's size, where snapping and the
+    scores happen.
+
     A first frame without objects: a warning, and background for the whole video.
 
     Args:
@@ -120,6 +131,11 @@ class OSVOSVideoSegmenter:
         n_segments, compactness: the superpixels (:func:`~corrflow.propagation.boundary_snapping.contour_superpixels`).
         seed: the fine-tuning's augmentations.
         device: where the networks and frames live.
+        batch_frames: frames segmented in one forward pass.
+        short_side: None, the frame's own size; or the working size's shorter side.
+        keep_weights: None: the fine-tuned copies are dropped with their video; a folder: each
+            video's are saved there as ``<video>.pt`` (``{"objects": [state_dict, ...]}``, the
+            targets' object order), to be loaded into the parent's architecture.
     """
 
     stride = 1
@@ -140,6 +156,9 @@ class OSVOSVideoSegmenter:
         compactness: float = 0.0,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        batch_frames: int = 8,
+        short_side: int | None = None,
+        keep_weights: str | os.PathLike | None = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
@@ -148,32 +167,70 @@ class OSVOSVideoSegmenter:
         self.contour = contour.to(self.device).eval() if contour is not None else None
         self.finetune_kwargs = dict(steps=int(steps), optimizer=optimizer, batch_size=int(batch_size), degrees=degrees, scale=tuple(scale), hflip=hflip)
         self.threshold, self.n_segments, self.compactness, self.seed = float(threshold), int(n_segments), float(compactness), int(seed)
+        if int(batch_frames) < 1:
+            raise ValueError(f"batch_frames must be at least 1, got {batch_frames}")
+        self.batch_frames = int(batch_frames)
+        self.resize = WorkingSize(short_side)
+        self.keep_weights = None if keep_weights is None else Path(keep_weights)
+        self.video: str | None = None
         self.models: list[OSVOSNet] = []
         self.finetune_seconds = 0.0  # the last video's one-shot fine-tuning, all objects
         self._empty: tuple[int, ...] | None = None
 
+    def begin_video(self, name: str) -> None:
+        """The next video's name (the run calls this before its first step): where kept weights go."""
+        self.video = str(name)
+
     def start(self, frame: Tensor, objects: Tensor) -> None:
         """Fine-tune one copy of the parent per object: ``frame`` (3, H, W), ``objects`` (N, H, W) masks."""
-        image = frame.to(self.device, torch.float32)
+        image = self.resize.frame(frame.to(self.device, torch.float32))
+        objects = self.resize.masks(objects.to(self.device, torch.float32))
         t0 = time.perf_counter()
         self.models = [
-            one_shot_finetune(self.parent, image, objects[k].to(self.device), seed=derive_seed(self.seed, "osvos-object", k), **self.finetune_kwargs)
+            one_shot_finetune(self.parent, image, objects[k], seed=derive_seed(self.seed, "osvos-object", k), **self.finetune_kwargs)
             for k in range(objects.shape[0])
         ]
         self.finetune_seconds = time.perf_counter() - t0
         log.info("one-shot fine-tuning: %d object(s) x %d steps in %.1f s", len(self.models), self.finetune_kwargs["steps"], self.finetune_seconds)
+        if self.keep_weights is not None:
+            self.keep_weights.mkdir(parents=True, exist_ok=True)
+            path = self.keep_weights / f"{self.video or 'video'}.pt"
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save({"objects": [m.state_dict() for m in self.models]}, tmp)
+            tmp.replace(path)  # a crash mid-write leaves no half file under the final name
+            log.info("fine-tuned weights kept: %s", path)
 
-    @torch.no_grad()
     def segment(self, frame: Tensor) -> Tensor:
         """(3, H, W) -> (1 + N, H, W) labels of the video's objects (see the class docstring)."""
-        image = frame.to(self.device, torch.float32)[None]
-        probs = torch.cat([torch.sigmoid(m(image).fused[0].float()) for m in self.models])  # (N, H, W)
-        labels = combine_objects(probs, threshold=self.threshold)
-        if self.contour is None:
-            return labels
-        contour = torch.sigmoid(self.contour(image).fused[0, 0].float())
-        ids = snap_to_contours(labels.argmax(0), contour, n_segments=self.n_segments, compactness=self.compactness)
-        return torch.nn.functional.one_hot(ids, labels.shape[0]).permute(2, 0, 1).float()
+        return self.segment_many(frame[None])[0]
+
+    @torch.no_grad()
+    def segment_many(self, frames: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, 1 + N, H, W): :meth:`segment` of each frame, ``batch_frames`` at a time."""
+        if not self.models:
+            raise RuntimeError("the first step of a video needs its labels: step(frame, labels)")
+        out = []
+        for chunk in frames.split(self.batch_frames):
+            hw = (chunk.shape[-2], chunk.shape[-1])
+            images = torch.stack([self.resize.frame(f) for f in chunk.to(self.device, torch.float32)])
+            probs = torch.cat([torch.sigmoid(m(images).fused.float()) for m in self.models], dim=1)  # (b, N, h, w)
+            contours = torch.sigmoid(self.contour(images).fused.float()) if self.contour is not None else None  # (b, 1, h, w)
+            for i in range(len(chunk)):
+                labels = combine_objects(self.resize.back(probs[i], hw), threshold=self.threshold)
+                if contours is not None:
+                    contour = self.resize.back(contours[i], hw)[0]
+                    ids = snap_to_contours(labels.argmax(0), contour, n_segments=self.n_segments, compactness=self.compactness)
+                    labels = torch.nn.functional.one_hot(ids, labels.shape[0]).permute(2, 0, 1).float()
+                out.append(labels)
+        return torch.stack(out)
+
+    def step_many(self, frames: Tensor) -> Tensor:
+        """(B, 3, H, W) frames after the first -> (B, 1 + N, H, W), as :meth:`step` on each."""
+        if self._empty is not None:
+            out = torch.zeros((frames.shape[0], *self._empty), device=self.device)
+            out[:, 0] = 1.0
+            return out
+        return self.segment_many(frames)
 
     def step(self, frame: Tensor, labels: Tensor | None = None) -> Tensor:
         if labels is not None:
@@ -187,10 +244,4 @@ class OSVOSVideoSegmenter:
             self._empty = None
             self.start(frame, labels[1:])
             return labels.to(self.device, torch.float32)
-        if self._empty is not None:
-            out = torch.zeros(self._empty, device=self.device)
-            out[0] = 1.0
-            return out
-        if not self.models:
-            raise RuntimeError("the first step of a video needs its labels: step(frame, labels)")
-        return self.segment(frame)
+        return self.step_many(frame[None])[0]

@@ -114,6 +114,11 @@ def fingerprint(cfg: DictConfig) -> str:
         if not holder.get("late_objects"):
             holder.pop("late_objects", None)
         holder.pop("submission", None)
+    # How a segmenter batches its frames and whether it keeps its weights do not change its predictions.
+    method = parts.get("method", {})
+    for holder in (method, method.get("segmenter", {})):
+        for key in ("batch_frames", "keep_weights", "weights_dir"):
+            holder.pop(key, None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -179,6 +184,8 @@ def _propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, 
     :class:`~corrflow.propagation.methods.VideoSegmenter`), writing its predictions; returns the
     number of frames processed (counted once a pass: with keyframes, most frames twice)."""
     session = targets.start(video, stride=segmenter.stride, results_dir=results_dir)
+    if hasattr(segmenter, "begin_video"):  # a segmenter that keeps something per video (OSVOS's weights)
+        segmenter.begin_video(video.name)
 
     def emit(t: int, frame: np.ndarray, pred: Tensor | None) -> None:
         decoded = session.emit(t, pred)
@@ -193,15 +200,33 @@ def _propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, 
         total = len(video) - session.start
         if progress:
             frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
+        # a segmenter whose frames do not depend on each other (OSVOS) takes them batch_frames at a time
+        batch = int(getattr(segmenter, "batch_frames", 1))
+        pending: list[tuple[int, np.ndarray, Tensor]] = []
+
+        def flush() -> None:
+            if pending:
+                preds = segmenter.step_many(torch.stack([image for _, _, image in pending]))
+                for (t, frame, _), pred in zip(pending, preds, strict=True):
+                    emit(t, frame, pred)
+                pending.clear()
+
         for t, frame in enumerate(frames, start=session.start):
             image = _image(session, frame)
             if t == session.start:
                 pred = segmenter.step(image, session.labels)
             elif t in entries:  # objects join here
+                flush()
                 pred = segmenter.join(image, session.given_labels(t))
+            elif batch > 1:
+                pending.append((t, frame, image))
+                if len(pending) == batch:
+                    flush()
+                continue
             else:
                 pred = segmenter.step(image)
             emit(t, frame, pred)
+        flush()
     session.finish()
     return total
 
