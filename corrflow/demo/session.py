@@ -6,7 +6,7 @@ protocol=<name>`` (its ``method.segmenter``, :func:`corrflow.propagation.methods
 the targets from its ``task.targets`` (:class:`~corrflow.propagation.targets.MaskTargets`, with the
 protocol's ``label_resize``; masks on several frames are keyframes,
 :mod:`corrflow.propagation.keyframes`), and the clip is stepped through by the run's own
-``_propagate_video``, which writes the palette PNGs. Output, under ``run_dir``::
+``propagate_video``, which writes the palette PNGs. Output, under ``run_dir``::
 
     results/<name>/%05d.png     one palette PNG a frame (DAVIS layout), the size of the clip's frames
     masks.zip                   Annotations/<name>/%05d.png (the targets' submission packing)
@@ -167,7 +167,7 @@ def propagate_clip(
         ValueError: no mask given, keyframes with different objects, bad choices or checkpoints
         (possibly wrapped by Hydra's InstantiationException). Cancelled.
     """
-    from corrflow.propagation.run import _propagate_video
+    from corrflow.propagation.run import propagate_video
 
     if not clip.masks:
         raise ValueError("no mask given: paint the objects on a frame (or load a palette PNG) first")
@@ -181,7 +181,7 @@ def propagate_clip(
     recorder = _Recorder(len(clip), on_frame, cancel)
     t0 = time.perf_counter()
     with torch.no_grad():
-        _propagate_video(clip, segmenter=segmenter, targets=targets, results_dir=results_dir, recorder=recorder, progress=False)
+        propagate_video(clip, segmenter=segmenter, targets=targets, results_dir=results_dir, recorder=recorder, progress=False)
     seconds = time.perf_counter() - t0
     zip_path = targets.finalize(results_dir=results_dir, dataset=SimpleNamespace(names=[clip.name]), output_dir=run_dir)
 

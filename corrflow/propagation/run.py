@@ -53,7 +53,7 @@ from tqdm import tqdm
 from corrflow.propagation.distributed import Ranks, launch_torchrun, shard_by_frames, under_torchrun
 from corrflow.propagation.keyframes import fusion_weights, segments
 
-__all__ = ["fingerprint", "propagate", "register_resolvers", "resolve_device"]
+__all__ = ["fingerprint", "propagate", "propagate_video", "register_resolvers", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,14 @@ def _image(session, frame: np.ndarray) -> Tensor:
     return session.prepare(torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0))  # (3, H, W)
 
 
-def _propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, progress: bool) -> int:
+def propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, progress: bool) -> int:
     """Segment one video with the method's per-video ``segmenter`` (a
     :class:`~corrflow.propagation.methods.VideoSegmenter`), writing its predictions; returns the
-    number of frames processed (counted once a pass: with keyframes, most frames twice)."""
+    number of frames processed (counted once a pass: with keyframes, most frames twice).
+
+    Public for the tools that run one video outside a data set (the demo page); ``video`` is
+    anything with the DAVIS video's ``name``, ``len``, ``frame(t)`` and ``frames(start)``.
+    """
     session = targets.start(video, stride=segmenter.stride, results_dir=results_dir)
     if hasattr(segmenter, "begin_video"):  # a segmenter that keeps something per video (OSVOS's weights)
         segmenter.begin_video(video.name)
@@ -394,7 +398,7 @@ def _propagate(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
             done.unlink(missing_ok=True)
             recorder = recorder_factory(n_frames=len(video)) if recorder_factory else None
             t0 = time.perf_counter()
-            n = _propagate_video(
+            n = propagate_video(
                 video, segmenter=segmenter, targets=targets, results_dir=results_dir, recorder=recorder, progress=progress
             )
             seconds = time.perf_counter() - t0
