@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -130,8 +131,34 @@ def find_split_file(root: Path, *, year: str, split: str, resolution: str) -> Pa
     raise FileNotFoundError(f"split file not found: {candidates[0]} (nor {candidates[1]}, the DAVIS-2016 release's)")
 
 
+class FrameFiles:
+    """What a video held as frame files (``frame_paths``, in order) can do: its length, its size
+    (the first frame's, read once; every frame must share it) and its frames, (H, W, 3) uint8 RGB.
+    Mixed into the data sets' frozen video dataclasses."""
+
+    frame_paths: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.frame_paths)
+
+    @cached_property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the first frame (all frames must share it)."""
+        return frame_size(self.frame_paths[0])
+
+    def frame(self, t: int) -> np.ndarray:
+        """Frame ``t`` (for propagating backward from a later keyframe)."""
+        return read_frame(self.frame_paths[t], size=self.size)
+
+    def frames(self, start: int = 0) -> Iterator[np.ndarray]:
+        """Frames from ``start`` on, read one at a time."""
+        size = self.size
+        for path in self.frame_paths[start:]:
+            yield read_frame(path, size=size)
+
+
 @dataclass(frozen=True)
-class DAVISVideo:
+class DAVISVideo(FrameFiles):
     """One DAVIS sequence: frame files, the folder of its annotations, and how to read them
     (``single_object``: any non-zero pixel is the one object, id 1; see the module docstring)."""
 
@@ -140,21 +167,9 @@ class DAVISVideo:
     annotation_dir: Path
     single_object: bool = False
 
-    def __len__(self) -> int:
-        return len(self.frame_paths)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the first frame (all frames must share it)."""
-        return frame_size(self.frame_paths[0])
-
     @property
     def first_annotation_path(self) -> Path:
         return self.annotation_dir / f"{self.frame_paths[0].stem}.png"
-
-    def frame(self, t: int) -> np.ndarray:
-        """Frame ``t``, (H, W, 3) uint8 RGB (for propagating backward from a later keyframe)."""
-        return read_frame(self.frame_paths[t], size=self.size)
 
     def annotation_path(self, t: int) -> Path:
         """Where frame ``t``'s annotation is (or would be)."""
@@ -181,11 +196,6 @@ class DAVISVideo:
             raise ValueError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its frame {t} ({self.frame_paths[t]}) is {size[1]}x{size[0]}")
         return (mask != 0).astype(np.uint8) if self.single_object else mask
 
-    def frames(self, start: int = 0) -> Iterator[np.ndarray]:
-        """Frames from ``start`` on, read one at a time: (H, W, 3) uint8 RGB."""
-        size = self.size
-        for path in self.frame_paths[start:]:
-            yield read_frame(path, size=size)
 
     def first_mask(self) -> np.ndarray:
         """(H, W) uint8 ids of the first frame's annotation (0/1 with ``single_object``).

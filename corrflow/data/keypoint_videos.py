@@ -12,20 +12,20 @@ are propagated; the later annotated frames are what scoring compares with.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import frame_size, list_frame_files, read_frame
+from corrflow.data.davis import FrameFiles, list_frame_files
 from corrflow.metrics.pck import query_frame_index
 
 __all__ = ["KeypointVideo", "KeypointVideoDataset", "KeypointVideoSet"]
 
 
 @dataclass(frozen=True, eq=False)
-class KeypointVideo:
+class KeypointVideo(FrameFiles):
     """One video and its keypoints.
 
     Attributes:
@@ -42,13 +42,6 @@ class KeypointVideo:
     visible: np.ndarray
     query_index: int
 
-    def __len__(self) -> int:
-        return len(self.frame_paths)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return frame_size(self.frame_paths[0])
-
     @property
     def num_keypoints(self) -> int:
         return int(self.coords.shape[1])
@@ -57,11 +50,6 @@ class KeypointVideo:
         """The query frame's keypoints: coords (K, 2), visible (K,)."""
         return self.coords[self.query_index], self.visible[self.query_index]
 
-    def frames(self, start: int = 0) -> Iterator[np.ndarray]:
-        """Frames from ``start`` on, read one at a time: (H, W, 3) uint8 RGB."""
-        size = self.size
-        for path in self.frame_paths[start:]:
-            yield read_frame(path, size=size)
 
 
 def query_frame(visible: np.ndarray, *, source: str) -> int:

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import frame_size, list_frame_files, object_ids, read_frame
+from corrflow.data.davis import FrameFiles, list_frame_files, object_ids
 from corrflow.utils.io import read_indexed_png
 
 __all__ = ["YTVOSDataset", "YTVOSObject", "YTVOSVideo", "read_meta"]
@@ -84,7 +84,7 @@ def read_meta(path: Path) -> dict[str, list[YTVOSObject]]:
 
 
 @dataclass(frozen=True)
-class YTVOSVideo:
+class YTVOSVideo(FrameFiles):
     """One YouTube-VOS video: its frames, its annotation folder and its ``meta.json`` objects."""
 
     name: str
@@ -93,14 +93,6 @@ class YTVOSVideo:
     objects: tuple[YTVOSObject, ...]
     meta_path: Path
     single_object = False
-
-    def __len__(self) -> int:
-        return len(self.frame_paths)
-
-    @cached_property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the first frame (all frames must share it)."""
-        return frame_size(self.frame_paths[0])
 
     @cached_property
     def frame_names(self) -> tuple[str, ...]:
@@ -127,14 +119,6 @@ class YTVOSVideo:
     @property
     def categories(self) -> dict[int, str | None]:
         return {o.id: o.category for o in self.objects}
-
-    def frame(self, t: int) -> np.ndarray:
-        return read_frame(self.frame_paths[t], size=self.size)
-
-    def frames(self, start: int = 0) -> Iterator[np.ndarray]:
-        """Frames from ``start`` on, read one at a time: (H, W, 3) uint8 RGB."""
-        for path in self.frame_paths[start:]:
-            yield read_frame(path, size=self.size)
 
     def annotation_path(self, t: int) -> Path:
         return self.annotation_dir / f"{self.frame_names[t]}.png"
