@@ -78,3 +78,23 @@ def test_a_rank_that_dies_leaves_its_finished_videos_for_the_resumed_run(tmp_pat
     assert again.returncode == 0, again.stderr[-3000:]
     assert "squares-b: finished in an earlier run, skipped" in again.stdout + again.stderr
     assert (out / "results" / "squares-b.done").read_text() == done_b and (out / "results" / "squares-c.done").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_two_cuda_ranks_over_nccl_write_what_one_cuda_process_writes(tmp_path: Path) -> None:
+    """nccl: one GPU a rank (so it needs two; with one GPU the ranks would share it over gloo)."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"nccl needs a GPU a rank: {torch.cuda.device_count()} CUDA device(s) here, 2 needed")
+    root = make_davis_tree(tmp_path / "DAVIS", {"squares-a": 6, "squares-b": 5, "squares-c": 4})
+    one = _run(tmp_path / "one", root, "device=cuda")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(tmp_path / "two", root, "device=cuda", "launcher=torchrun", "nproc_per_node=2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "nccl" in two.stdout + two.stderr
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one" / "results").rglob("*.png"))
+    assert len(files) == 15
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
