@@ -18,6 +18,7 @@ import argparse
 import json
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 __all__ = ["main", "run_keyframe_study"]
@@ -77,7 +78,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.plot(x, [r[key] for r in rows], style, label=key)
     for r in rows:
         ax.annotate(r["setting"], (r["keyframes"], r["J&F"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set(xlabel="keyframes given (mean a video)", ylabel="score (given keyframes not scored)", title=title)
+    ax.set(xlabel="keyframes given (mean a video)", ylabel="score (given keyframes not scored)")
+    ax.set_title(textwrap.fill(title, 48), fontsize=10)
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
