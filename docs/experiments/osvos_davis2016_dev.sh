@@ -15,20 +15,22 @@
 #   curve.md                J&F, J, F and seconds against the one-shot steps ($CURVE_START's parent)
 #   osvos_steps_curve.png   J&F against one-shot fine-tuning steps (copy to docs/ for the README)
 # Environment: OUT (default logs/osvos_dev), STEPS (offline training steps, default 20000),
-# ONESHOT_STEPS (default: the method's), CURVE_STEPS (default "0 25 50 100 200 500"), CURVE_START
+# ONESHOT_STEPS (default: the method's), CURVE_STEPS (default "0 25 50 100 200 500 1000 2000"), CURVE_START
 # (whose parent the curve fine-tunes, default imagenet), DEVICE (auto), STARTS (default "random
 # corrflow imagenet"), PHASES (default "train propagate curve report": run a part, e.g. two starts in
 # two processes, then PHASES=report), EXTRA_FINETUNE / EXTRA_PROPAGATE (more overrides, space-separated).
 #
 # The README's CPU-budget table (2-core CPU, one thread a process) is this script with
 #   STEPS=300 EXTRA_FINETUNE="data.size=[128,128] data.batch_size=4 data.num_workers=0 trainer=cpu" \
-#   EXTRA_PROPAGATE="method.short_side=128" OUT=<folder> CORRFLOW_CKPT=<the STM table's checkpoint>
+#   EXTRA_PROPAGATE="method.short_side=128" ONESHOT_STEPS=100 OUT=<folder> CORRFLOW_CKPT=<the STM table's checkpoint>
+# (its parts were run side by side, e.g. STARTS=imagenet PHASES="train propagate curve" next to
+# STARTS=corrflow PHASES="train propagate", then PHASES=report).
 set -euo pipefail
 DATA=${DATA:-../shared/data/davis2016-dev}
 OUT=${OUT:-logs/osvos_dev}
 STEPS=${STEPS:-20000}
 DEVICE=${DEVICE:-auto}
-CURVE_STEPS=${CURVE_STEPS:-"0 25 50 100 200 500"}
+CURVE_STEPS=${CURVE_STEPS:-"0 25 50 100 200 500 1000 2000"}
 CURVE_START=${CURVE_START:-imagenet}
 STARTS=${STARTS:-"random corrflow imagenet"}
 PHASES=${PHASES:-"train propagate curve report"}
