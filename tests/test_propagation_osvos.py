@@ -240,6 +240,9 @@ def test_fine_tuned_weights_are_kept_only_when_asked(davis_root, ckpts, tmp_path
     base = compose_cfg("task=davis", "method=osvos", f"ckpt={ckpts['parent']}")
     assert fingerprint(base) == fingerprint(compose_cfg("task=davis", "method=osvos", f"ckpt={ckpts['parent']}", "method.keep_weights=true"))
     assert fingerprint(base) != fingerprint(compose_cfg("task=davis", "method=osvos", f"ckpt={ckpts['parent']}", "method.short_side=64"))
+    # OSVOS uses no protocol: another protocol (another label_resize in the task) is the same run
+    assert fingerprint(base) == fingerprint(compose_cfg("task=davis", "method=osvos", f"ckpt={ckpts['parent']}", "protocol=corrflow"))
+    assert base.task.targets.label_resize != compose_cfg("task=davis", "method=osvos", "protocol=corrflow").task.targets.label_resize
 
 
 def test_output_folders_name_method_and_snapping():

@@ -401,3 +401,13 @@ def make_checkpoint(path: Path) -> Path:
         path,
     )
     return path
+
+
+def test_label_resize_is_in_label_propagations_fingerprint() -> None:
+    """Label propagation resizes labels to the feature grid, so label_resize decides its predictions
+    (segmenter methods, which work at the frame's pixels, leave it out: tests/test_propagation_osvos.py)."""
+    from corrflow.propagation.run import fingerprint
+
+    a = compose_cfg("task=davis", "protocol=crw", "features=lab")
+    b = compose_cfg("task=davis", "protocol=crw", "features=lab", "protocol.label_resize=pool")
+    assert a.task.targets.label_resize == "bilinear" and fingerprint(a) != fingerprint(b)

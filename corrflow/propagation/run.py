@@ -114,6 +114,10 @@ def fingerprint(cfg: DictConfig) -> str:
         if not holder.get("late_objects"):
             holder.pop("late_objects", None)
         holder.pop("submission", None)
+    # A method that uses no protocol (STM, OSVOS: labels at the frame's pixels, where every way of
+    # resizing labels is the identity) does not depend on the protocol's label resizing.
+    if "protocol" in (cfg.method.get("unused_groups") or []):
+        parts["task"].get("targets", {}).pop("label_resize", None)
     # How a segmenter batches its frames and whether it keeps its weights do not change its predictions.
     method = parts.get("method", {})
     for holder in (method, method.get("segmenter", {})):
