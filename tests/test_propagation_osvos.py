@@ -118,6 +118,18 @@ def test_a_first_frame_without_objects_gives_background(ckpts, caplog):
     assert torch.equal(seg.step(frame), torch.ones(1, 16, 24))
 
 
+def test_long_one_shot_at_full_size_on_the_cpu_says_how_to_shorten_it(ckpts, caplog):
+    parent, opt = load_segmenter(ckpts["parent"], kind="osvos"), partial(torch.optim.Adam, lr=1e-3)
+    with caplog.at_level(logging.WARNING):
+        OSVOSVideoSegmenter(parent, steps=1000, optimizer=opt)
+    assert "method.short_side=128" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        OSVOSVideoSegmenter(parent, steps=1000, optimizer=opt, short_side=128)
+        OSVOSVideoSegmenter(parent, steps=20, optimizer=opt)
+    assert "short_side" not in caplog.text
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 def test_osvos_end_to_end_writes_scores_and_resumes(davis_root, ckpts, tmp_path):
