@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -157,8 +158,43 @@ class FrameFiles:
             yield read_frame(path, size=size)
 
 
+class AnnotatedFrameFiles(FrameFiles):
+    """Frame files with a folder of per-frame annotations (``annotation_dir``), each PNG named after
+    its frame's file stem: where they are and which frames have one."""
+
+    annotation_dir: Path
+
+    def annotation_path(self, t: int) -> Path:
+        """Where frame ``t``'s annotation is (or would be)."""
+        return self.annotation_dir / f"{self.frame_paths[t].stem}.png"
+
+    @property
+    def given_frames(self) -> list[int]:
+        """Indices of the frames that have an annotation file."""
+        return [t for t in range(len(self)) if self.annotation_path(t).is_file()]
+
+
+V = TypeVar("V")
+
+
+class VideoSet(Sequence[V]):
+    """A data set held as a list of videos (``videos``), indexed and named in that order."""
+
+    videos: list[V]
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.videos]  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.videos[index]
+
+
 @dataclass(frozen=True)
-class DAVISVideo(FrameFiles):
+class DAVISVideo(AnnotatedFrameFiles):
     """One DAVIS sequence: frame files, the folder of its annotations, and how to read them
     (``single_object``: any non-zero pixel is the one object, id 1; see the module docstring)."""
 
@@ -170,15 +206,6 @@ class DAVISVideo(FrameFiles):
     @property
     def first_annotation_path(self) -> Path:
         return self.annotation_dir / f"{self.frame_paths[0].stem}.png"
-
-    def annotation_path(self, t: int) -> Path:
-        """Where frame ``t``'s annotation is (or would be)."""
-        return self.annotation_dir / f"{self.frame_paths[t].stem}.png"
-
-    @property
-    def given_frames(self) -> list[int]:
-        """Indices of the frames that have an annotation file."""
-        return [t for t in range(len(self)) if self.annotation_path(t).is_file()]
 
     def mask(self, t: int) -> np.ndarray:
         """(H, W) uint8 ids of frame ``t``'s annotation (0/1 with ``single_object``; may hold no object).
@@ -195,7 +222,6 @@ class DAVISVideo(FrameFiles):
         if mask.shape != size:
             raise ValueError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its frame {t} ({self.frame_paths[t]}) is {size[1]}x{size[0]}")
         return (mask != 0).astype(np.uint8) if self.single_object else mask
-
 
     def first_mask(self) -> np.ndarray:
         """(H, W) uint8 ids of the first frame's annotation (0/1 with ``single_object``).
@@ -256,7 +282,7 @@ def object_ids(mask: np.ndarray) -> list[int]:
     return [int(i) for i in np.unique(mask) if i not in (0, VOID_ID)]
 
 
-class DAVISDataset(Sequence[DAVISVideo]):
+class DAVISDataset(VideoSet[DAVISVideo]):
     """The sequences of a DAVIS split. Folders are checked at construction; files are read lazily.
 
     Args:
@@ -304,13 +330,3 @@ class DAVISDataset(Sequence[DAVISVideo]):
         if not ann.is_dir():
             raise FileNotFoundError(f"annotation folder not found: {ann}")
         return DAVISVideo(name=name, frame_paths=tuple(frames), annotation_dir=ann, single_object=self.single_object)
-
-    @property
-    def names(self) -> list[str]:
-        return [v.name for v in self.videos]
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return self.videos[index]

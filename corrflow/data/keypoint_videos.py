@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import FrameFiles, list_frame_files
+from corrflow.data.davis import FrameFiles, VideoSet, list_frame_files
 from corrflow.metrics.pck import query_frame_index
 
 __all__ = ["KeypointVideo", "KeypointVideoDataset", "KeypointVideoSet"]
@@ -60,7 +60,7 @@ def query_frame(visible: np.ndarray, *, source: str) -> int:
         raise ValueError(f"{source}: {e}") from e
 
 
-class KeypointVideoSet(Sequence[KeypointVideo]):
+class KeypointVideoSet(VideoSet[KeypointVideo]):
     """A list of :class:`KeypointVideo` (``self.videos``), with the annotations that score them."""
 
     videos: list[KeypointVideo]
@@ -68,16 +68,6 @@ class KeypointVideoSet(Sequence[KeypointVideo]):
     def annotations(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{seq: (coords (T, K, 2), visible (T, K))}`` for scoring."""
         return {v.name: (v.coords, v.visible) for v in self.videos}
-
-    @property
-    def names(self) -> list[str]:
-        return [v.name for v in self.videos]
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return self.videos[index]
 
 
 class KeypointVideoDataset(KeypointVideoSet):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import FrameFiles, list_frame_files, object_ids
+from corrflow.data.davis import AnnotatedFrameFiles, VideoSet, list_frame_files, object_ids
 from corrflow.utils.io import read_indexed_png
 
 __all__ = ["YTVOSDataset", "YTVOSObject", "YTVOSVideo", "read_meta"]
@@ -84,7 +84,7 @@ def read_meta(path: Path) -> dict[str, list[YTVOSObject]]:
 
 
 @dataclass(frozen=True)
-class YTVOSVideo(FrameFiles):
+class YTVOSVideo(AnnotatedFrameFiles):
     """One YouTube-VOS video: its frames, its annotation folder and its ``meta.json`` objects."""
 
     name: str
@@ -119,14 +119,6 @@ class YTVOSVideo(FrameFiles):
     @property
     def categories(self) -> dict[int, str | None]:
         return {o.id: o.category for o in self.objects}
-
-    def annotation_path(self, t: int) -> Path:
-        return self.annotation_dir / f"{self.frame_names[t]}.png"
-
-    @property
-    def given_frames(self) -> list[int]:
-        """Indices of the frames that have an annotation file."""
-        return [t for t in range(len(self)) if self.annotation_path(t).is_file()]
 
     def mask(self, t: int) -> np.ndarray:
         """(H, W) uint8 ids of frame ``t``'s annotation.
@@ -174,7 +166,7 @@ class YTVOSVideo(FrameFiles):
                 )
 
 
-class YTVOSDataset(Sequence[YTVOSVideo]):
+class YTVOSDataset(VideoSet[YTVOSVideo]):
     """The videos of a YouTube-VOS split. Folders and ``meta.json`` are checked at construction;
     frames and masks are read lazily.
 
@@ -241,13 +233,3 @@ class YTVOSDataset(Sequence[YTVOSVideo]):
                     f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}, which is not in {frames_root / name}"
                 )
         return YTVOSVideo(name, tuple(frames), ann, tuple(objects), self.meta_path)
-
-    @property
-    def names(self) -> list[str]:
-        return [v.name for v in self.videos]
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return self.videos[index]

@@ -110,7 +110,6 @@ class STMVideoSegmenter:
 
         self.device = torch.device(device)
         self.resize = WorkingSize(short_side)
-        self.short_side = self.resize.short_side
         self.inference = STMInference(net.to(self.device).eval(), every=memory_every, max_frames=max_memory_frames, device=self.device)
         self._empty: tuple[int, ...] | None = None  # (D, H, W) of a video without objects
 
@@ -133,7 +132,7 @@ class STMVideoSegmenter:
             objects = self.resize.masks(labels[1:].to(self.device, torch.float32))
             probs = self.inference.start(self.resize.frame(frame.to(self.device)), objects)
             # the first frame's own labels, exactly, at its size (the resized ones are what STM memorised)
-            return labels.to(self.device, torch.float32) if self.short_side is not None else probs
+            return labels.to(self.device, torch.float32) if self.resize.short_side is not None else probs
         if self._empty is not None:
             out = torch.zeros(self._empty, device=self.device)
             out[0] = 1.0

@@ -205,13 +205,10 @@ class OSVOSVideoSegmenter:
             tmp.replace(path)  # a crash mid-write leaves no half file under the final name
             log.info("fine-tuned weights kept: %s", path)
 
-    def segment(self, frame: Tensor) -> Tensor:
-        """(3, H, W) -> (1 + N, H, W) labels of the video's objects (see the class docstring)."""
-        return self.segment_many(frame[None])[0]
-
     @torch.no_grad()
     def segment_many(self, frames: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, 1 + N, H, W): :meth:`segment` of each frame, ``batch_frames`` at a time."""
+        """(B, 3, H, W) -> (B, 1 + N, H, W) labels of the video's objects in each frame (see the class
+        docstring), ``batch_frames`` at a time."""
         if not self.models:
             raise RuntimeError("the first step of a video needs its labels: step(frame, labels)")
         out = []
