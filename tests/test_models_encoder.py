@@ -77,13 +77,13 @@ def _convs_and_norms(module: torch.nn.Module):
 def test_torchvision_shaped_layers_draw_torchvision_resnet18_weights(seed: int) -> None:
     """Seeded alike, the layers that torchvision's ResNet-18 also has (conv1 ... layer3, whatever
     their strides) hold exactly the weights ``resnet18(weights=None)`` draws: the literature's
-    untrained baseline, not PyTorch's default init."""
+    untrained baseline. The CRW encoder by default; the CorrFlow one with ``init='torchvision'``."""
     torch.manual_seed(seed)
     tv = resnet18(weights=None).state_dict()
     torch.manual_seed(seed)
     crw = crw_encoder().state_dict()
     torch.manual_seed(seed)
-    corrflow = corrflow_encoder().state_dict()
+    corrflow = corrflow_encoder(init="torchvision").state_dict()
     shared = [k for k in tv if not k.startswith(("layer4", "fc"))]
     assert set(shared) == set(crw)
     for k in shared:
@@ -91,7 +91,14 @@ def test_torchvision_shaped_layers_draw_torchvision_resnet18_weights(seed: int) 
         torch.testing.assert_close(corrflow[k], tv[k], rtol=0, atol=0, msg=f"corrflow {k}")
 
 
-@pytest.mark.parametrize("build", [corrflow_encoder, crw_encoder, lambda: ResNetEncoder(depth=34, layer4_channels=512)])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: corrflow_encoder(init="torchvision"),
+        crw_encoder,
+        lambda: ResNetEncoder(depth=34, layer4_channels=512, init="torchvision"),
+    ],
+)
 def test_every_layer_is_initialised_as_torchvision_does(build) -> None:
     """Every conv (CorrFlow's 256-channel layer4 and 3x3 head included, which torchvision lacks):
     Kaiming normal, fan-out, ReLU gain, i.e. mean 0 and std sqrt(2 / fan_out); every BatchNorm
@@ -111,6 +118,44 @@ def test_every_layer_is_initialised_as_torchvision_does(build) -> None:
         assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1), name
 
 
+@pytest.mark.parametrize("build", [corrflow_encoder, ResNetEncoder, lambda: crw_encoder(init="pytorch")])
+def test_every_layer_is_initialised_as_the_released_corrflow_code(build) -> None:
+    """The CorrFlow encoder's default is the released code's, which never re-initialises: every
+    conv (the 3x3 head included) has PyTorch's ``kaiming_uniform_(a=sqrt(5))``, a uniform law in
+    +-1/sqrt(fan_in), so mean 0, std 1/sqrt(3 fan_in), no weight beyond the bound; the head's bias
+    uniform in +-1/sqrt(fan_in); every BatchNorm 1/0 with fresh running statistics."""
+    torch.manual_seed(0)
+    enc = build()
+    assert enc.config["init"] == "pytorch"
+    convs, norms = _convs_and_norms(enc)
+    assert len(convs) >= 15 and len(norms) >= 15
+    for name, conv in convs:
+        w = conv.weight.detach().double()
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        expected = (1.0 / (3 * fan_in)) ** 0.5
+        assert abs(w.std().item() / expected - 1) < 0.05, (name, w.std().item(), expected)
+        assert w.abs().max().item() <= fan_in**-0.5 + 1e-9, name
+        assert abs(w.mean().item()) < 0.05 * expected, name
+        if conv.bias is not None:
+            assert conv.bias.abs().max().item() <= fan_in**-0.5 + 1e-9, name
+    for name, bn in norms:
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0), name
+        assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1), name
+
+
+def test_the_two_inits_differ_by_the_documented_factors() -> None:
+    """torchvision's rule starts the 3x3 64 -> 64 convs sqrt(2/576) / sqrt(1/576) ~ 2.45x larger
+    and the 256 -> 64 head sqrt(2/576) / sqrt(1/6912) ~ 4.9x larger than PyTorch's default."""
+    torch.manual_seed(0)
+    pt, tv = corrflow_encoder(), corrflow_encoder(init="torchvision")
+    ratio = tv.layer1[0].conv1.weight.std() / pt.layer1[0].conv1.weight.std()
+    assert 2.3 < ratio < 2.6
+    ratio = tv.head.weight.std() / pt.head.weight.std()
+    assert 4.6 < ratio < 5.2
+    with pytest.raises(ValueError, match="init"):
+        ResNetEncoder(init="kaiming")
+
+
 def test_zero_init_residual_as_torchvision() -> None:
     """Off by default (torchvision's default); on, the last BN of every residual branch starts at
     zero, CorrFlow's own layer4 included, and the torchvision-shaped part matches
@@ -119,7 +164,7 @@ def test_zero_init_residual_as_torchvision() -> None:
     plain = corrflow_encoder()
     assert all(torch.all(b.bn2.weight == 1) for b in plain.modules() if isinstance(b, BasicBlock))
     torch.manual_seed(0)
-    enc = ResNetEncoder(zero_init_residual=True)
+    enc = ResNetEncoder(zero_init_residual=True, init="torchvision")
     assert enc.config["zero_init_residual"] is True
     blocks = [b for b in enc.modules() if isinstance(b, BasicBlock)]
     assert len(blocks) == 8

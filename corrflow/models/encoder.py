@@ -8,15 +8,25 @@
 Layer names follow torchvision's (conv1, bn1, layer1...), so torchvision state dicts load into
 the shared part.
 
-Initialisation is torchvision's ResNet's for every layer: Kaiming normal (fan-out, ReLU gain) for
-each convolution, BatchNorm weight 1 and bias 0, optionally the last BN of each residual branch at
-zero (``zero_init_residual``, off as in torchvision). conv1 ... layer3 are the very modules of a
-torchvision ``ResNet`` (their strides set afterwards), so under the same seed they hold exactly
-the weights ``torchvision.models.resnet18(weights=None)`` draws. Layers torchvision lacks
-(CorrFlow's 256-channel layer4, the 3x3 head) are drawn afterwards and initialised by the same
-rule; the head conv too, as CorrFlow's released code builds its extra conv inside its
-torchvision-derived ResNet before the init loop over all ``nn.Conv2d`` (its bias keeps PyTorch's
-default, which that loop leaves alone).
+Initialisation (``init``), one of two rules applied to every layer:
+
+- ``'pytorch'``: PyTorch's own default for each module, what CorrFlow's released code keeps
+  (zlai0/CorrFlow ``models/submodule.py`` builds its own ResNet18 and ``models/corrflow.py`` its
+  256 -> 64 ``post_convolution``, and neither touches the initialisation): every convolution
+  ``kaiming_uniform_(a=sqrt(5))``, i.e. weight std 1/sqrt(3 fan_in), its bias (the head's)
+  uniform in +-1/sqrt(fan_in); every BatchNorm weight 1, bias 0. The CorrFlow encoder's default.
+- ``'torchvision'``: torchvision's ResNet's: Kaiming normal (fan-out, ReLU gain) for each
+  convolution, BatchNorm weight 1 and bias 0, optionally the last BN of each residual branch at
+  zero (``zero_init_residual``, off as in torchvision). conv1 ... layer3 are the very modules of
+  a torchvision ``ResNet`` (their strides set afterwards), so under the same seed they hold
+  exactly the weights ``torchvision.models.resnet18(weights=None)`` draws. Layers torchvision
+  lacks (CorrFlow's 256-channel layer4, the 3x3 head) are drawn afterwards by the same rule (the
+  head's bias keeps PyTorch's default). The CRW encoder's default (CRW's is torchvision's
+  ResNet-18), and ``model.net.encoder.init=torchvision`` for the CorrFlow one.
+
+With the torchvision rule the CorrFlow encoder's residual convs start 2.4x larger than with
+PyTorch's and its head 4.9x, so its raw temperature-1 dot products make the initial 13x13 softmax
+nearly a hard arg-max.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 _BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+INITS = ("pytorch", "torchvision")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -47,6 +58,8 @@ class ResNetEncoder(nn.Module):
             (CRW's own encoder, ``net.modify(padding='reflect')``); any ``nn.Conv2d`` mode.
         zero_init_residual: start the last BatchNorm of every residual branch at weight 0, so that
             each block starts as the identity (torchvision's option of the same name, off there too).
+        init: 'pytorch' (PyTorch's default for every module, as CorrFlow's released code; the
+            default) or 'torchvision' (torchvision ResNet's Kaiming normal fan-out); see above.
 
     Input (B, 3, H, W) RGB in [0, 1]; output (B, out_dim, H / stride, W / stride).
     """
@@ -63,6 +76,7 @@ class ResNetEncoder(nn.Module):
         input_norm: str = "none",
         padding_mode: str = "zeros",
         zero_init_residual: bool = False,
+        init: str = "pytorch",
     ) -> None:
         super().__init__()
         if depth not in _BLOCKS:
@@ -73,6 +87,8 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"input_norm must be 'none' or 'imagenet', got {input_norm!r}")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(f"padding_mode must be zeros, reflect, replicate or circular, got {padding_mode!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
         blocks = _BLOCKS[depth]
         # The constructor arguments, stored in checkpoints so that an encoder can be rebuilt alone.
         self.config = {
@@ -85,6 +101,7 @@ class ResNetEncoder(nn.Module):
             "input_norm": input_norm,
             "padding_mode": padding_mode,
             "zero_init_residual": bool(zero_init_residual),
+            "init": init,
         }
         # torchvision's ResNet, initialised by torchvision: its stem and layer1-3 are used as they are.
         base = ResNet(BasicBlock, blocks, zero_init_residual=zero_init_residual)
@@ -106,8 +123,11 @@ class ResNetEncoder(nn.Module):
             last = layer4_channels
         self.head = nn.Conv2d(last, out_channels, 3, padding=1) if out_channels else nn.Identity()
         new.append(self.head)
-        for module in new:
-            _init_like_torchvision(module, zero_init_residual=zero_init_residual)
+        if init == "torchvision":
+            for module in new:
+                _init_like_torchvision(module, zero_init_residual=zero_init_residual)
+        else:  # PyTorch's default, every module drawn afresh (torchvision's ResNet had re-drawn its own)
+            _init_like_pytorch(self, zero_init_residual=zero_init_residual)
         self.out_dim = out_channels or last
         self.stride = 2 * (2 if maxpool else 1) * s2 * s3 * (s4 if num_layers == 4 else 1)
         self.input_norm = input_norm
@@ -140,6 +160,18 @@ def _set_stride(layer: nn.Sequential, stride: int) -> nn.Sequential:
     return layer
 
 
+def _init_like_pytorch(module: nn.Module, *, zero_init_residual: bool) -> None:
+    """PyTorch's default initialisation (each module's ``reset_parameters``), in place, for every
+    convolution and normalisation layer of ``module``, in module order."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm)):
+            m.reset_parameters()
+    if zero_init_residual:
+        for m in module.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.constant_(m.bn2.weight, 0)
+
+
 def _init_like_torchvision(module: nn.Module, *, zero_init_residual: bool) -> None:
     """torchvision ResNet's initialisation, applied to every layer of ``module`` in place."""
     for m in module.modules():
@@ -154,14 +186,15 @@ def _init_like_torchvision(module: nn.Module, *, zero_init_residual: bool) -> No
                 nn.init.constant_(m.bn2.weight, 0)
 
 
-def corrflow_encoder(*, padding_mode: str = "zeros") -> ResNetEncoder:
-    """The CorrFlow encoder: 64-d at stride 4."""
-    return ResNetEncoder(padding_mode=padding_mode)
+def corrflow_encoder(*, padding_mode: str = "zeros", init: str | None = None) -> ResNetEncoder:
+    """The CorrFlow encoder: 64-d at stride 4; ``init=None`` is its own, the released code's ('pytorch')."""
+    return ResNetEncoder(padding_mode=padding_mode, init=init or "pytorch")
 
 
-def crw_encoder(*, padding_mode: str = "zeros") -> ResNetEncoder:
+def crw_encoder(*, padding_mode: str = "zeros", init: str | None = None) -> ResNetEncoder:
     """The CRW evaluation encoder: 256-d at stride 8, ImageNet input normalisation (CRW's own
-    trained encoder used ``padding_mode='reflect'``)."""
+    trained encoder used ``padding_mode='reflect'``); ``init=None`` is its own, torchvision's."""
     return ResNetEncoder(
-        maxpool=True, layer_strides=(2, 1, 1), num_layers=3, out_channels=None, input_norm="imagenet", padding_mode=padding_mode
+        maxpool=True, layer_strides=(2, 1, 1), num_layers=3, out_channels=None, input_norm="imagenet", padding_mode=padding_mode,
+        init=init or "torchvision",
     )
