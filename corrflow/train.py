@@ -236,6 +236,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = hydra.utils.instantiate(cfg.data)
     prepare_colour_bins(cfg, datamodule)
     model = hydra.utils.instantiate(cfg.model)
+    held_out = bool(getattr(datamodule, "has_val", False))
+    if not held_out and cfg.get("callbacks") and "best_checkpoint" in cfg.callbacks:
+        with open_dict(cfg):
+            cfg.callbacks.best_checkpoint = None  # nothing to rank checkpoints by
     trainer, callbacks = build_trainer(cfg)
 
     fit_logging_interval(trainer, datamodule)
@@ -247,4 +251,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("resuming %s into %s (%s)", cfg.ckpt_path, trainer.default_root_dir, datetime.now().isoformat(timespec="seconds"))
     log.info("git %s; output in %s", hparams["git_sha"], trainer.default_root_dir)
 
+    if held_out and not cfg.get("ckpt_path") and cfg.get("monitor", {}).get("at_start", True):
+        log.info("held-out monitor: scoring the untrained encoder before the first step")
+        trainer.validate(model=model, datamodule=datamodule, verbose=False)
     return fit_and_finish(cfg, trainer, model, datamodule, callbacks, ckpt_path=cfg.get("ckpt_path"))

@@ -36,6 +36,16 @@ def resize_frames(frames: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     return x
 
 
+def crop_scale_size(hw: Sequence[int], crop: Sequence[int], short_side: int | None) -> tuple[int, int]:
+    """(h, w) a frame of size ``hw`` is resized to before a ``crop`` is cut from it: its shorter
+    side ``short_side`` (None: its own size), aspect kept, then scaled up if needed so that the
+    crop fits."""
+    h, w = int(hw[0]), int(hw[1])
+    s = 1.0 if short_side is None else int(short_side) / min(h, w)
+    s = max(s, crop[0] / h, crop[1] / w)
+    return max(int(crop[0]), round(h * s)), max(int(crop[1]), round(w * s))
+
+
 class ClipDataset(Dataset):
     """Clips of ``clip_len`` frames, ``frame_gap`` apart, from a list of video sources.
 
@@ -43,7 +53,11 @@ class ClipDataset(Dataset):
         sources: the videos.
         clip_len: frames per clip (CorrFlow: 3).
         frame_gap: distance between consecutive clip frames (CorrFlow: 4).
-        size: (height, width) every frame is resized to (CorrFlow: 256 x 256).
+        size: (height, width) every frame is resized to (CorrFlow: 256 x 256), when ``crop`` is None.
+        crop: (height, width) of a random crop instead (the same window in every frame of a clip):
+            the frames keep their aspect and their scale (or are resized so that their shorter
+            side is ``crop_short_side``), and the crop is cut from them; ``size`` is then unused.
+        crop_short_side: with ``crop``, the shorter side frames are resized to first (None: their own size).
         sampling: 'tiled' (all non-overlapping clips, the original) or 'random'.
         clips_per_video: with 'random', clips drawn from each video per epoch.
         max_retries: replacement attempts after a read failure before giving up on the item.
@@ -63,12 +77,20 @@ class ClipDataset(Dataset):
         clips_per_video: int = 1,
         max_retries: int = 10,
         progress: bool = True,
+        crop: Sequence[int] | None = None,
+        crop_short_side: int | None = None,
     ) -> None:
         if sampling not in ("tiled", "random"):
             raise ValueError(f"sampling must be 'tiled' or 'random', got {sampling!r}")
         if clip_len < 1 or frame_gap < 1:
             raise ValueError(f"clip_len and frame_gap must be >= 1, got {clip_len} and {frame_gap}")
         self.clip_len, self.frame_gap, self.size = clip_len, frame_gap, tuple(size)
+        if crop is not None and (len(crop) != 2 or min(int(c) for c in crop) < 8):
+            raise ValueError(f"crop must be (height, width) of at least 8 pixels each, got {crop}")
+        if crop_short_side is not None and int(crop_short_side) < 8:
+            raise ValueError(f"crop_short_side must be at least 8 pixels, got {crop_short_side}")
+        self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
+        self.crop_short_side = None if crop_short_side is None else int(crop_short_side)
         self.sampling, self.clips_per_video, self.max_retries = sampling, clips_per_video, max_retries
         self.span = (clip_len - 1) * frame_gap + 1
         self.videos: list[tuple[VideoSource, int]] = []  # (source, number of frames)
@@ -118,6 +140,15 @@ class ClipDataset(Dataset):
             start = (rng or random).randint(0, n - self.span)
         return src, [start + i * self.frame_gap for i in range(self.clip_len)]
 
+    def _shape(self, frames: np.ndarray, rng: random.Random | None) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> (T, 3, h, w) in [0, 1]: resized to ``size``, or a random ``crop``."""
+        if self.crop is None:
+            return resize_frames(frames, self.size)
+        x = resize_frames(frames, crop_scale_size(frames.shape[1:3], self.crop, self.crop_short_side))
+        top = (rng or random).randint(0, x.shape[-2] - self.crop[0])
+        left = (rng or random).randint(0, x.shape[-1] - self.crop[1])
+        return x[..., top : top + self.crop[0], left : left + self.crop[1]].contiguous()
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """``key``: an item index, or ``(index, draw_seed)`` as ``ResumableClipSampler`` yields it;
         with a draw seed, the random start and any replacement after a read failure are drawn from
@@ -129,7 +160,7 @@ class ClipDataset(Dataset):
             src, idx = self.clip_indices(index, rng)
             try:
                 frames = read_frames(src, idx)
-                return {"frames": resize_frames(frames, self.size), "skipped": skipped}
+                return {"frames": self._shape(frames, rng), "skipped": skipped}
             except VideoReadError as e:
                 skipped += 1
                 log.warning("skipping a clip: %s", e)

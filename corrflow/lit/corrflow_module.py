@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -15,6 +17,7 @@ from corrflow.models.bottleneck import ColourBottleneck
 from corrflow.models.checkpoint import encoder_payload
 from corrflow.models.corrflow import CorrFlow
 from corrflow.models.quantizer import ColourQuantizer
+from corrflow.propagation.heldout import HeldOutPropagation
 from corrflow.utils.seeding import derive_seed, seeded_cpu_rng
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,16 @@ class CorrFlowLitModule(pl.LightningModule):
         seed: the run's seed. A training step's random draws (colour dropout and jitter, the
             scheduled-sampling coins) come from a stream derived from (seed, rank, global step):
             a resumed run draws what the uninterrupted run would, and DDP ranks draw differently.
+        monitor: the held-out monitor (optional): how the encoder's features are judged on
+            sequences the run does not train on (label propagation under a protocol, scored with
+            the DAVIS rules). It runs on the datamodule's validation set (``data.val_root``), at
+            Lightning's validation points (``trainer.val_check_interval`` steps) and before the
+            first step; without a validation set it never runs.
+        monitor_dir: where each validation's predictions (``results/``, the latest) and scores
+            (``step<N>/*.csv``) go.
     Logged: ``train/loss``, ``train/loss_rec``, ``train/loss_cycle`` and their parts,
-    ``train/p_gt``, ``train/skipped_videos`` (per epoch) and the learning rate.
+    ``train/p_gt``, ``train/skipped_videos`` (per epoch) and the learning rate; with the monitor,
+    ``val/J&F``, ``val/J``, ``val/F`` and ``val/seconds`` (the validation's wall time).
     """
 
     def __init__(
@@ -54,9 +65,12 @@ class CorrFlowLitModule(pl.LightningModule):
         p_gt_end: float = 0.6,
         cycle_weight: float = 0.1,
         seed: int | None = 0,
+        monitor: HeldOutPropagation | None = None,
+        monitor_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "quantizer", "bottleneck", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["net", "quantizer", "bottleneck", "optimizer", "monitor"], logger=False)
+        self.monitor, self.monitor_dir = monitor, Path(monitor_dir) if monitor_dir else None
         self.net, self.quantizer, self.bottleneck, self.optimizer_factory = net, quantizer, bottleneck, optimizer
         if quantizer.n_bins != net.n_bins:
             raise ValueError(f"the colour bins have {quantizer.n_bins} centroids but the model predicts {net.n_bins}")
@@ -119,6 +133,48 @@ class CorrFlowLitModule(pl.LightningModule):
         if skipped > 0:
             log.warning("epoch %d: %d clips could not be read and were replaced (files named above)", self.current_epoch, int(skipped))
         self._skipped = 0
+
+    # -- the held-out monitor ----------------------------------------------------------------
+    def _monitor_results(self) -> Path:
+        base = self.monitor_dir or Path(self.trainer.default_root_dir) / "heldout"
+        return base / "results"
+
+    def on_validation_epoch_start(self) -> None:
+        if self.monitor is None:
+            return
+        if self.trainer.is_global_zero:
+            HeldOutPropagation.clear(self._monitor_results())
+        self.trainer.strategy.barrier("corrflow.heldout.start")
+        self._val_started = time.perf_counter()
+
+    def validation_step(self, index, batch_idx: int) -> None:
+        """Propagate the first mask of held-out video ``index`` (of the datamodule's ``val_set``)
+        with the encoder as it is now (eval mode)."""
+        if self.monitor is None:
+            raise RuntimeError("a validation set was given (data.val_root) but the model has no monitor (model.monitor)")
+        video = self.trainer.datamodule.val_set[int(index)]
+        self.monitor.propagate(self.net.encoder, video, self._monitor_results())
+
+    def on_validation_epoch_end(self) -> None:
+        """Score every held-out video (each rank wrote its share) and log ``val/J&F``, ``val/J``, ``val/F``."""
+        if self.monitor is None or self.trainer.sanity_checking:
+            return
+        self.trainer.strategy.barrier("corrflow.heldout.end")
+        dataset = self.trainer.datamodule.val_set
+        results = self._monitor_results()
+        scores = self.monitor.score(dataset, results, output_dir=results.parent / f"step{self.global_step:07d}")
+        values = {"val/J&F": scores.jf_mean, "val/J": scores.j_mean, "val/F": scores.f_mean}
+        values["val/seconds"] = time.perf_counter() - getattr(self, "_val_started", time.perf_counter())
+        # for the callbacks (best.ckpt) and the progress bar; the loggers get them at the step count
+        # itself (Lightning would log a validation inside the fit loop one step early)
+        self.log_dict({k: torch.tensor(float(v)) for k, v in values.items()}, on_step=False, on_epoch=True, sync_dist=False, logger=False)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({k: float(v) for k, v in values.items()}, step=self.global_step)
+        log.info(
+            "held-out J&F %.3f (J %.3f, F %.3f) at step %d, %s protocol, %d sequences, %.0f s",
+            values["val/J&F"], values["val/J"], values["val/F"], self.global_step, self.monitor.name, len(dataset), values["val/seconds"],
+        )  # fmt: skip
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):

@@ -54,6 +54,44 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+HELD_OUT_KEYS = ("val/J&F", "val/J", "val/F")
+
+
+def plot_heldout_curves(
+    runs: dict[str, list[str | os.PathLike]],
+    out_png: str | os.PathLike,
+    *,
+    references: dict[str, float] | None = None,
+    key: str = "val/J&F",
+    title: str = "",
+) -> Path:
+    """The held-out monitor's ``key`` against training steps for several runs (``{label: the
+    run's metrics.csv pieces}``), with ``references`` (``{label: score}``, e.g. Lab features or
+    the untrained encoder) as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, csvs in runs.items():
+        s = read_metrics_csv(*csvs)
+        if key not in s:
+            raise ValueError(f"{label}: no {key} in {', '.join(map(str, csvs))} (was the run trained with data.val_root?)")
+        ax.plot(*zip(*s[key]), "-o", ms=4, lw=1.8, label=label)
+    for (label, value), style in zip((references or {}).items(), ("--", ":", "-.", (0, (5, 1))), strict=False):
+        ax.axhline(value, color="grey", ls=style, lw=1.2, label=f"{label} ({value:.3f})")
+    ax.set(xlabel="training step", ylabel=key, title=title or f"held-out {key}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def plot_training_curves(
     metrics_csv: str | os.PathLike | list[str | os.PathLike], out_png: str | os.PathLike, *, title: str = "", smooth: int = 10
 ) -> Path:
@@ -65,7 +103,8 @@ def plot_training_curves(
     import matplotlib.pyplot as plt
 
     s = read_metrics_csv(*(metrics_csv if isinstance(metrics_csv, list) else [metrics_csv]))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    held_out = [k for k in HELD_OUT_KEYS if k in s]
+    fig, axes = plt.subplots(1, 3 + bool(held_out), figsize=(15 + 5 * bool(held_out), 4))
     for key, colour in [("train/loss_step", "k"), ("train/loss_rec", "tab:blue"), ("train/loss_cycle", "tab:orange")]:
         if key in s:
             steps, vals = zip(*s[key])
@@ -90,6 +129,13 @@ def plot_training_curves(
         ax2.set_ylabel("learning rate")
         ax2.legend(loc="lower right")
     ax.legend(loc="upper right")
+    if held_out:
+        ax = axes[3]
+        for key, style in zip(HELD_OUT_KEYS, ("-o", "--", ":")):
+            if key in s:
+                ax.plot(*zip(*s[key]), style, lw=1.8 if key == "val/J&F" else 1.2, ms=4, label=key.split("/")[1])
+        ax.set(xlabel="step", ylabel="score", title="held-out label propagation (monitor)")
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
