@@ -17,7 +17,7 @@ from corrflow.data.davis import DAVISDataset
 from corrflow.data.davis_resized import resized_davis, short_side_size
 from corrflow.data.sources import discover_sources
 from corrflow.train import train
-from corrflow.utils.plots import plot_heldout_curves, plot_training_curves, read_metrics_csv, run_metrics_csvs
+from corrflow.utils.plots import plot_training_curves, read_heldout_scores, read_metrics_csv, run_metrics_csvs
 from tests.test_data_davis import make_davis_tree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,8 +132,18 @@ def test_monitor_logs_heldout_scores_keeps_best_and_matches_propagate(tiny_train
     # the curves picture gains the held-out panel; several runs compare in one plot
     png = plot_training_curves(run_metrics_csvs(out), tmp_path / "curves.png")
     assert Image.open(png).size[0] > 1700  # four panels (three without the monitor)
-    png = plot_heldout_curves({"a": run_metrics_csvs(out), "b": run_metrics_csvs(out)}, tmp_path / "h.png", references={"lab": 0.3})
-    assert png.is_file()
+    # the per-step official CSVs under heldout/ hold the same scores as the logged curve
+    from_csvs = read_heldout_scores(out / "heldout")
+    assert [st for st, _ in from_csvs] == steps
+    assert [v for _, v in from_csvs] == pytest.approx([v for _, v in s["val/J&F"]], abs=1e-3)
+    from tests.test_utils_cli import load_tool
+
+    plot_main = load_tool("plot_training").main
+
+    assert plot_main([str(out), str(out), "--heldout", "--labels", "a", "b", "--ref", "Lab=0.3", "-o", str(tmp_path / "h.png")]) == 0
+    assert Image.open(tmp_path / "h.png").size[0] > 500
+    with pytest.raises(SystemExit):  # user_errors: several runs without --heldout
+        plot_main([str(out), str(out)])
 
 
 def test_without_a_heldout_split_nothing_is_validated(tiny_train_cfg) -> None:

@@ -3,7 +3,9 @@
     python tools/plot_training.py <run dir or metrics.csv> [-o out.png]
         a run's losses, schedules and (with the held-out monitor) val/J&F, J, F
     python tools/plot_training.py <run> <run> ... --heldout [--labels a b ...] [--ref "Lab=0.289" ...] -o out.png
-        several runs' held-out val/J&F against steps, with reference scores as lines
+        several runs' held-out val/J&F against steps (from each run's heldout/step<N>/ CSVs, else
+        its metrics.csv), with reference scores as lines; --heldout-dir names another folder of
+        step<N>/ results (e.g. checkpoints scored afterwards under another protocol)
 """
 
 import argparse
@@ -11,7 +13,7 @@ import sys
 from pathlib import Path
 
 from corrflow.utils.cli import user_errors
-from corrflow.utils.plots import plot_heldout_curves, plot_training_curves, run_metrics_csvs
+from corrflow.utils.plots import plot_heldout_curves, plot_training_curves, read_heldout_scores, read_metrics_csv, run_metrics_csvs
 
 
 def _csvs(run: Path) -> list[Path]:
@@ -39,6 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--labels", nargs="+", default=None, help="with --heldout: one label per run (default: the folder names)")
     p.add_argument("--ref", action="append", default=[], metavar="NAME=SCORE", help="with --heldout: a reference line (repeatable)")
     p.add_argument("--key", default="val/J&F", help="with --heldout: the metric (val/J&F, val/J or val/F)")
+    p.add_argument("--heldout-dir", default="heldout", help="with --heldout: the folder of step<N>/ scores in each run (default: heldout)")
     a = p.parse_args(argv)
     runs = [Path(r) for r in a.runs]
     if a.heldout:
@@ -48,7 +51,17 @@ def main(argv=None) -> int:
         if a.out is None:
             raise ValueError("--heldout needs -o/--out")
         refs = dict(_reference(r) for r in a.ref)
-        print(plot_heldout_curves({lb: _csvs(r) for lb, r in zip(labels, runs)}, a.out, references=refs, key=a.key, title=a.title))
+        series = {}
+        for label, run in zip(labels, runs):
+            folder = run / a.heldout_dir
+            if folder.is_dir():
+                series[label] = read_heldout_scores(folder, a.key)
+            else:
+                metrics = read_metrics_csv(*_csvs(run))
+                if a.key not in metrics:
+                    raise ValueError(f"{run}: neither {folder} nor {a.key} in its metrics.csv (train with data.val_root=...)")
+                series[label] = metrics[a.key]
+        print(plot_heldout_curves(series, a.out, references=refs, key=a.key, title=a.title))
         return 0
     if len(runs) > 1:
         raise ValueError("several runs are compared with --heldout; without it, give one run")

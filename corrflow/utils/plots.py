@@ -57,29 +57,53 @@ def _smooth(values: list[float], window: int) -> list[float]:
 HELD_OUT_KEYS = ("val/J&F", "val/J", "val/F")
 
 
+def _legend(ax, **kwargs) -> None:
+    """``ax.legend(**kwargs)`` when the axis has labelled artists (none: no legend, and no warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def read_heldout_scores(folder: str | os.PathLike, key: str = "val/J&F") -> list[tuple[int, float]]:
+    """``[(step, score)]`` from a held-out folder: ``<folder>/step<N>/`` each holding an official
+    ``global_results-*.csv`` (directly or one level down, as ``tools/propagate.py`` writes them under
+    ``scores/``). ``key``: ``val/J&F``, ``val/J`` or ``val/F``."""
+    column = {"val/J&F": "J&F-Mean", "val/J": "J-Mean", "val/F": "F-Mean"}[key]
+    out = []
+    for step_dir in Path(folder).glob("step*"):
+        digits = step_dir.name[4:]
+        found = sorted(step_dir.glob("global_results-*.csv")) or sorted(step_dir.glob("*/global_results-*.csv"))
+        if not digits.isdigit() or not found:
+            continue
+        with open(found[0], newline="") as f:
+            row = next(csv.DictReader(f))
+        out.append((int(digits), float(row[column])))
+    if not out:
+        raise ValueError(f"{folder}: no step<N>/global_results-*.csv (the held-out monitor's folder of a run)")
+    return sorted(out)
+
+
 def plot_heldout_curves(
-    runs: dict[str, list[str | os.PathLike]],
+    runs: dict[str, list[tuple[int, float]]],
     out_png: str | os.PathLike,
     *,
     references: dict[str, float] | None = None,
     key: str = "val/J&F",
     title: str = "",
 ) -> Path:
-    """The held-out monitor's ``key`` against training steps for several runs (``{label: the
-    run's metrics.csv pieces}``), with ``references`` (``{label: score}``, e.g. Lab features or
-    the untrained encoder) as horizontal lines."""
+    """Held-out ``key`` against training steps for several runs (``{label: [(step, score)]}``, from
+    :func:`read_heldout_scores` or a metrics CSV's ``key`` series), with ``references`` (``{label:
+    score}``, e.g. Lab features or ImageNet) as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, csvs in runs.items():
-        s = read_metrics_csv(*csvs)
-        if key not in s:
-            raise ValueError(f"{label}: no {key} in {', '.join(map(str, csvs))} (was the run trained with data.val_root?)")
-        ax.plot(*zip(*s[key]), "-o", ms=4, lw=1.8, label=label)
-    for (label, value), style in zip((references or {}).items(), ("--", ":", "-.", (0, (5, 1))), strict=False):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, series in runs.items():
+        if not series:
+            raise ValueError(f"{label}: no {key} scores")
+        ax.plot(*zip(*series), "-o", ms=4, lw=1.8, label=label)
+    for (label, value), style in zip((references or {}).items(), ("--", ":", "-.", (0, (5, 1)), (0, (1, 3))), strict=False):
         ax.axhline(value, color="grey", ls=style, lw=1.2, label=f"{label} ({value:.3f})")
     ax.set(xlabel="training step", ylabel=key, title=title or f"held-out {key}")
     ax.grid(alpha=0.3)
@@ -111,12 +135,12 @@ def plot_training_curves(
             axes[0].plot(steps, vals, color=colour, alpha=0.25, lw=0.8)
             axes[0].plot(steps, _smooth(list(vals), smooth), color=colour, lw=1.8, label=key.split("/")[1].replace("_step", ""))
     axes[0].set(xlabel="step", ylabel="NLL", title="losses (light: per step; dark: running mean)")
-    axes[0].legend()
+    _legend(axes[0])
     for key in sorted(k for k in s if k.startswith(("train/loss_rec_", "train/loss_cycle_"))):
         steps, vals = zip(*s[key])
         axes[1].plot(steps, _smooth(list(vals), smooth), lw=1.5, label=key.split("/")[1])
     axes[1].set(xlabel="step", ylabel="NLL", title="each recursion step / cycle (running mean)")
-    axes[1].legend(fontsize=8)
+    _legend(axes[1], fontsize=8)
     ax = axes[2]
     if "train/p_gt" in s:
         ax.plot(*zip(*s["train/p_gt"]), color="tab:green", label="P(ground-truth reference)")
@@ -127,8 +151,8 @@ def plot_training_curves(
         ax2.plot(*zip(*s[lr_key]), color="tab:red", ls="--", label="learning rate")
         ax2.set_ylim(0, 1.1 * max(v for _, v in s[lr_key]))  # from 0: a constant LR reads as constant
         ax2.set_ylabel("learning rate")
-        ax2.legend(loc="lower right")
-    ax.legend(loc="upper right")
+        _legend(ax2, loc="lower right")
+    _legend(ax, loc="upper right")
     if held_out:
         ax = axes[3]
         for key, style in zip(HELD_OUT_KEYS, ("-o", "--", ":")):
