@@ -55,7 +55,7 @@ def test_each_experiment_trains_a_few_steps_and_saves_its_kind(make_cfg, experim
     ckpt = torch.load(objs["final_ckpt"], weights_only=False)
     assert ckpt["corrflow"]["kind"] == kind and ckpt["corrflow"]["stage"] == "static"
     net = load_segmenter(objs["final_ckpt"], kind=kind)
-    assert isinstance(net, OSVOSNet) and net.config == {"n_sides": 4, "side_channels": 4}
+    assert isinstance(net, OSVOSNet) and net.config == {"n_sides": 3, "side_channels": 4, "stages": ["layer1", "layer2", "layer3"]}  # CRW: 3 distinct
     assert list((Path(cfg.paths.output_dir) / "images").glob("segmentation_step*.png"))
 
 
@@ -86,7 +86,9 @@ def test_model_config_defaults(tmp_path):
 
     cfg = compose_finetune_cfg(tmp_path, ["experiment=osvos_parent", "model.backbone.arch=crw"])
     module = hydra.utils.instantiate(cfg.model)
-    assert module.kind == "osvos" and module.net.config == {"n_sides": 4, "side_channels": 16}
+    assert module.kind == "osvos" and module.net.config == {"n_sides": 3, "side_channels": 16, "stages": ["layer1", "layer2", "layer3"]}
+    corrflow = hydra.utils.instantiate(compose_finetune_cfg(tmp_path, ["experiment=osvos_parent", "model.backbone.arch=corrflow"]).model)
+    assert corrflow.net.config["stages"] == ["layer2", "layer3", "layer4", "head"]  # four distinct stages: four sides
     assert module.side_weight_steps is None and module.optimizer_factory.keywords["lr"] == 1e-4
     contour = hydra.utils.instantiate(compose_finetune_cfg(tmp_path, ["experiment=osvos_contour", "model.backbone.arch=crw"]).model)
     assert contour.kind == "osvos_contour" and contour.target == "contour"

@@ -56,6 +56,18 @@ def test_integer_shifts_recovered_everywhere(dx: int, dy: int) -> None:
     assert _epe(exact, dx, dy).nan_to_num(0).max() == 0
 
 
+@pytest.mark.parametrize("dx,dy", [(3, -2), (-7, 5), (6, 7)])
+def test_integer_shifts_recovered_everywhere_from_the_relu_volume(dx: int, dy: int) -> None:
+    """MotionSqueeze's default volume (cosines ReLU'd, 0 outside the frame, every offset in the
+    softmax): the out-of-frame offsets' logits (0) are e^-100 of the match's, so border cells read as well."""
+    f0, f1 = _pair(dx, dy)
+    disp, conf = motion_from_features(f0, f1, radius=7, correlation="relu")
+    err = _epe(disp, dx, dy)
+    assert err.nan_to_num(0).max() < 0.05
+    assert torch.isfinite(err[:7]).any() and torch.isfinite(err[:, -7:]).any()
+    assert conf.min() >= 0
+
+
 @pytest.mark.parametrize("dx,dy", [(0.5, 0.25), (2.3, -4.6), (-6.5, 1.75)])
 def test_sub_cell_shifts_to_within_a_cell(dx: float, dy: float) -> None:
     f0, f1 = _pair(dx, dy)
@@ -124,3 +136,14 @@ def test_shapes_and_errors() -> None:
         radius_of(torch.randn(1, 24, 3, 4))
     with pytest.raises(ValueError, match="estimator"):
         estimate_displacement(corr, estimator="median")
+    with pytest.raises(ValueError, match="correlation"):
+        motion_from_features(torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3), radius=1, correlation="abs")
+
+
+def test_ties_for_the_best_offset_go_to_the_one_nearest_zero() -> None:
+    """An all-zero (ReLU'd, no positive cosine) window: arg-max reads (0, 0), not the corner (-M, -M)."""
+    corr = torch.zeros(1, 25, 1, 1)
+    assert displacement_argmax(corr)[0, :, 0, 0].tolist() == [0.0, 0.0]
+    corr[0, 0] = corr[0, 24] = 0.5  # two tied bests at (-2, -2) and (2, 2), and one nearer (1, 0) tied with them
+    corr[0, 2 * 5 + 3] = 0.5
+    assert displacement_argmax(corr)[0, :, 0, 0].tolist() == [1.0, 0.0]

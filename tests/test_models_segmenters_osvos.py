@@ -1,6 +1,8 @@
-"""OSVOSNet on the SegmentationBackbone's side stages: shapes at odd sizes for every backbone, the
-fused output against an explicit upsample-concatenate-fuse reference in float64, gradients reach
-every side, the training targets (foreground, boundaries), and the checkpoint round trip."""
+"""OSVOSNet on the SegmentationBackbone's side stages: shapes at odd sizes for every backbone, three
+distinct sides on the CRW variant (whose identity head would repeat layer3), the fused output
+against an explicit upsample-concatenate-fuse reference in float64, gradients reach every side, the
+training targets (foreground, boundaries), and the checkpoint round trip (old four-side CRW
+checkpoints included)."""
 
 from __future__ import annotations
 
@@ -27,18 +29,19 @@ def backbone(arch: str) -> SegmentationBackbone:
     ("arch", "stages", "strides"),
     [
         ("corrflow", ("layer2", "layer3", "layer4", "head"), (4, 4, 4, 4)),
-        ("crw", ("layer1", "layer2", "layer3", "head"), (4, 8, 8, 8)),
+        ("crw", ("layer1", "layer2", "layer3"), (4, 8, 8)),  # the head is the identity: it would repeat layer3
         pytest.param("lite0", ("blocks.2", "blocks.4", "blocks.10", "blocks.15"), (4, 8, 16, 32),
                      marks=pytest.mark.skipif(not HAS_LITE, reason="needs efficientnet-lite-pytorch")),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("size", [(33, 47), (29, 50)])
 def test_side_and_fused_shapes_at_odd_sizes(arch, stages, strides, size):
-    net = OSVOSNet(backbone=backbone(arch), n_sides=4, side_channels=4)
+    net = OSVOSNet(backbone=backbone(arch), side_channels=4)
     assert net.stages == stages and tuple(net.backbone.stage_strides[s] for s in stages) == strides
+    assert net.config == {"n_sides": len(stages), "side_channels": 4, "stages": list(stages)}
     x = torch.rand(2, 3, *size)
     out = net(x)
-    assert out.sides.shape == (2, 4, *size) and out.fused.shape == (2, 1, *size)
+    assert out.sides.shape == (2, len(stages), *size) and out.fused.shape == (2, 1, *size)
     assert torch.isfinite(out.fused).all()
 
 
@@ -67,13 +70,39 @@ def test_fused_equals_upsampling_the_prepared_maps_then_fusing_float64():
     feats = net.backbone.forward_stages(padded)
     ups = [F.interpolate(net.prep[net._key(s)](feats[s]), size=padded.shape[-2:], mode="bilinear", align_corners=False) for s in net.stages]
     fused = net.fuse(torch.cat(ups, 1))[..., :27, :37]
-    sides = torch.cat([net.score[net._key(s)](u) for s, u in zip(net.stages, ups)], 1)[..., :27, :37]
+    sides = torch.cat([net.score[net._key(s)](u) for s, u in zip(net.stages, ups, strict=True)], 1)[..., :27, :37]
     torch.testing.assert_close(out.fused, fused, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out.sides, sides, rtol=1e-10, atol=1e-10)
 
 
+def test_crw_sides_read_three_distinct_tensors():
+    """All side stages of the CRW variant: the head (an identity) hands out layer3's tensor again;
+    OSVOS's sides are the distinct ones, every pair of maps different."""
+    bb = backbone("crw").eval()
+    assert bb.side_stages == ("layer1", "layer2", "layer3", "head") and bb.distinct_side_stages == ("layer1", "layer2", "layer3")
+    feats = bb.forward_stages(torch.rand(1, 3, 32, 48))
+    assert feats["head"] is feats["layer3"]  # why the head is left out
+    net = OSVOSNet(backbone=bb)
+    assert net.stages == bb.distinct_side_stages and net.fuse.in_channels == 3 * 16
+    maps = [feats[s] for s in net.stages]
+    assert all(a.shape != b.shape or not torch.equal(a, b) for i, a in enumerate(maps) for b in maps[i + 1 :])
+    corrflow = backbone("corrflow")  # a real head (a 3x3 convolution): every side stage counts
+    assert corrflow.distinct_side_stages == corrflow.side_stages == ("layer2", "layer3", "layer4", "head")
+
+
+def test_stages_by_name():
+    bb = backbone("crw")
+    net = OSVOSNet(backbone=bb, stages=["layer2", "head"], side_channels=4)
+    assert net.stages == ("layer2", "head") and net.config == {"n_sides": 2, "side_channels": 4, "stages": ["layer2", "head"]}
+    for bad in (["layer3", "layer2"], ["layer9"], [], ["layer2", "layer2"]):
+        with pytest.raises(ValueError, match="stages must be distinct side stages"):
+            OSVOSNet(backbone=bb, stages=bad)
+    with pytest.raises(ValueError, match="n_sides=3 but 2 stages"):
+        OSVOSNet(backbone=bb, stages=["layer2", "head"], n_sides=3)
+
+
 def test_every_side_gets_gradients():
-    net = OSVOSNet(backbone=backbone("crw"), n_sides=4, side_channels=4)
+    net = OSVOSNet(backbone=backbone("crw"), side_channels=4)
     out = net(torch.rand(1, 3, 32, 32))
     (out.sides.sum() + out.fused.sum()).backward()
     for name, p in net.named_parameters():
@@ -82,8 +111,8 @@ def test_every_side_gets_gradients():
 
 
 def test_too_many_sides_names_the_stages():
-    with pytest.raises(ValueError, match=r"n_sides=5, but the backbone has 4 side stages \(layer1, layer2, layer3, head\)"):
-        OSVOSNet(backbone=backbone("crw"), n_sides=5)
+    with pytest.raises(ValueError, match=r"n_sides=4, but the backbone has 3 distinct side stages \(layer1, layer2, layer3; head only repeats"):
+        OSVOSNet(backbone=backbone("crw"), n_sides=4)
     with pytest.raises(ValueError, match="RGB only"):
         OSVOSNet(backbone=SegmentationBackbone(arch="crw", extra_in_channels=2))
 
@@ -104,7 +133,7 @@ def test_checkpoint_round_trip(tmp_path):
     from corrflow.models.segmenters import load_segmenter, segmenter_payload
 
     torch.manual_seed(0)
-    net = OSVOSNet(backbone=backbone("crw"), n_sides=4, side_channels=4)
+    net = OSVOSNet(backbone=backbone("crw"), side_channels=4)
     ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "corrflow": segmenter_payload(net, kind="osvos", prefix="net.")}
     torch.save(ckpt, tmp_path / "o.ckpt")
     loaded = load_segmenter(tmp_path / "o.ckpt", kind="osvos")
@@ -112,3 +141,19 @@ def test_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(loaded(x).fused, net.eval()(x).fused)
     with pytest.raises(ValueError, match="is a OSVOS checkpoint, not a STM one|is an OSVOS checkpoint"):
         load_segmenter(tmp_path / "o.ckpt", kind="stm")
+
+
+def test_a_four_side_crw_checkpoint_from_before_still_loads(tmp_path):
+    """Written before the stages were recorded ({"n_sides": 4, "side_channels": ...}): its sides were
+    the last four side stages, the head included; it loads as it was trained."""
+    from corrflow.models.segmenters import load_segmenter, segmenter_payload
+
+    torch.manual_seed(0)
+    old = OSVOSNet(backbone=backbone("crw"), stages=["layer1", "layer2", "layer3", "head"], side_channels=4)
+    payload = segmenter_payload(old, kind="osvos", prefix="net.")
+    payload["segmenter"] = {"n_sides": 4, "side_channels": 4}
+    torch.save({"state_dict": {f"net.{k}": v for k, v in old.state_dict().items()}, "corrflow": payload}, tmp_path / "old.ckpt")
+    loaded = load_segmenter(tmp_path / "old.ckpt", kind="osvos")
+    assert loaded.stages == ("layer1", "layer2", "layer3", "head")
+    x = torch.rand(1, 3, 24, 40)
+    torch.testing.assert_close(loaded(x).fused, old.eval()(x).fused)

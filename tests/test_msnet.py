@@ -1,10 +1,12 @@
 """MSNet video classification: class-per-folder data (and split files), TSN sampling, the
-temporal shift, and ``tools/finetune.py experiment=msnet`` a few steps on generated videos of a
-texture moving in one of four directions."""
+temporal shift, ``tools/finetune.py experiment=msnet`` a few steps on generated videos of a
+texture moving in one of four directions, and the checkpoint rebuilt from the file alone (the
+MotionSqueeze settings recorded in it)."""
 
 from __future__ import annotations
 
 import random
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,11 @@ from omegaconf import open_dict
 from corrflow.data.action_videos import ActionVideoDataset, segment_indices
 from corrflow.data.synthetic_motion import DIRECTIONS, write_moving_texture_videos
 from corrflow.finetune import finetune
-from corrflow.lit.action_module import topk_accuracy
+from corrflow.lit.action_module import ActionLitModule, topk_accuracy
+from corrflow.models.backbone import SegmentationBackbone
+from corrflow.models.motion_squeeze import MotionSqueeze
 from corrflow.models.temporal_shift import temporal_shift
+from corrflow.models.video_classifier import VideoClassifier, load_video_classifier
 from tests.test_finetune import compose_finetune_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,6 +98,57 @@ def test_msnet_experiment_trains_and_validates(motion_root: Path, tmp_path: Path
     assert metrics["val/top5"] == 1.0  # 4 classes
     ckpt = torch.load(objs["final_ckpt"], map_location="cpu", weights_only=False)
     assert ckpt["corrflow"]["kind"] == "msnet" and ckpt["corrflow"]["classifier"]["n_classes"] == 4
+    assert ckpt["corrflow"]["backbone"]["motion"]["settings"]["correlation"] == "relu"  # the release's default, recorded
+    net = load_video_classifier(objs["final_ckpt"])
+    trained = objs["model"].net.eval()
+    clip = torch.rand(2, 4, 3, 32, 32)
+    torch.testing.assert_close(net(clip), trained(clip))
+
+
+def _save_msnet(path: Path, *, seed: int = 0, **motion) -> ActionLitModule:
+    """An MSNet with the given MotionSqueeze settings, its BN statistics moved off their start,
+    saved as tools/finetune.py saves it."""
+    torch.manual_seed(seed)
+    backbone = SegmentationBackbone(arch="crw", motion=partial(MotionSqueeze, n_frames=2, **motion), seed=seed)
+    lit = ActionLitModule(backbone=backbone, net=partial(VideoClassifier, n_classes=3, n_frames=2, dropout=0.2))
+    with torch.no_grad():
+        lit.net.train()(torch.rand(2, 2, 3, 32, 32))  # running statistics of a batch
+    ckpt = {"state_dict": lit.state_dict(), "global_step": 0}
+    lit.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return lit
+
+
+def test_msnet_checkpoint_rebuilds_from_the_file_alone(tmp_path: Path) -> None:
+    settings = dict(radius=2, channels=8, estimator="soft_argmax", sigma=3.0, beta=20.0, reduction="bias", correlation="signed",
+                    first_kernel=3, widths=[8, 16, 24], final_relu=False)  # fmt: skip
+    lit = _save_msnet(tmp_path / "m.ckpt", **settings)
+    net = load_video_classifier(tmp_path / "m.ckpt")
+    assert not net.training and isinstance(net.backbone.motion, MotionSqueeze)
+    assert {k: net.backbone.motion.config[k] for k in settings} == settings
+    assert net.config == lit.net.config and net.backbone.config == lit.net.backbone.config
+    clip = torch.rand(3, 2, 3, 32, 32)
+    torch.testing.assert_close(net(clip), lit.net.eval()(clip), rtol=0, atol=0)
+    # the temporal shift is rebuilt too (hooks, no weights): without it the logits differ
+    plain = load_video_classifier(tmp_path / "m.ckpt")
+    for block in [m for m in plain.backbone.encoder.modules() if hasattr(m, "conv1")]:
+        block.conv1._forward_pre_hooks.clear()
+    assert not torch.allclose(plain(clip), net(clip))
+
+
+def test_msnet_loader_refuses_what_it_cannot_rebuild(tmp_path: Path) -> None:
+    _save_msnet(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=False)
+    del ckpt["corrflow"]["backbone"]["motion"]  # as written before the settings were recorded
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="does not record its settings"):
+        load_video_classifier(tmp_path / "old.ckpt")
+    ckpt["corrflow"] = {"format": 1, "kind": "osvos", "backbone": {}, "segmenter": {}, "prefix": "net."}
+    torch.save(ckpt, tmp_path / "osvos.ckpt")
+    with pytest.raises(ValueError, match="is a OSVOS checkpoint, not an MSNet one"):
+        load_video_classifier(tmp_path / "osvos.ckpt")
+    with pytest.raises(FileNotFoundError, match="MSNet checkpoint not found"):
+        load_video_classifier(tmp_path / "missing.ckpt")
 
 
 def test_msnet_class_count_must_match(motion_root: Path, tmp_path: Path) -> None:

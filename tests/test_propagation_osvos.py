@@ -102,6 +102,115 @@ def test_one_shot_finetuning_improves_the_fit_to_the_first_frame(ckpts):
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in again.state_dict().items())
 
 
+def _first_frame(size=(32, 48), seed=5):
+    frames, masks = moving_objects(2, size, n_objects=1, seed=seed)
+    return torch.from_numpy(frames[0]).permute(2, 0, 1).float() / 255, torch.from_numpy(masks[0] == 1).float()
+
+
+def test_one_shot_trains_on_the_fused_output_alone_by_default(ckpts):
+    """The releases fine-tune the one-shot copy on the fused output's loss only: the side outputs'
+    score convolutions (which feed nothing else) get no gradient and keep the parent's weights,
+    while the fuse and the preparations (which feed it) move. deep_supervision=True trains them too."""
+    parent = load_segmenter(ckpts["parent"], kind="osvos")
+    image, target = _first_frame()
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    p = parent.state_dict()
+    fused_only = one_shot_finetune(parent, image, target, steps=3, optimizer=opt, seed=0).state_dict()
+    deep = one_shot_finetune(parent, image, target, steps=3, optimizer=opt, seed=0, deep_supervision=True).state_dict()
+    scores = [k for k in p if k.startswith("score.")]
+    assert len(scores) == 2 * len(parent.stages)
+    assert all(torch.equal(fused_only[k], p[k]) for k in scores)
+    assert all(not torch.equal(deep[k], p[k]) for k in scores)
+    for k in ("fuse.weight", *(f"prep.{parent._key(s)}.weight" for s in parent.stages)):
+        assert not torch.equal(fused_only[k], p[k]), k
+    # one SGD step by hand: the update is the fused output's class-balanced loss gradient (the draws of step 0, seed 0)
+    from torchvision import tv_tensors
+
+    from corrflow.data.vos_static import affine_augmentation
+    from corrflow.utils.seeding import seeded_cpu_rng
+
+    tuned = one_shot_finetune(parent, image, target, steps=1, optimizer=partial(torch.optim.SGD, lr=0.5), seed=7)
+    with seeded_cpu_rng(7):
+        x, t = affine_augmentation(degrees=30.0, scale=(0.75, 1.25), hflip=0.5)(tv_tensors.Image(image), tv_tensors.Mask(target.to(torch.uint8)))
+    net = load_segmenter(ckpts["parent"], kind="osvos").train()
+    class_balanced_bce_loss(net(x.as_subclass(torch.Tensor)[None]).fused, t.as_subclass(torch.Tensor)[None].long()).backward()
+    torch.testing.assert_close(tuned.fuse.weight, parent.fuse.weight - 0.5 * net.fuse.weight.grad)
+
+
+def test_the_one_shot_loss_setting_reaches_the_fine_tuning(ckpts):
+    cfg = compose_cfg("task=davis", "method=osvos", f"ckpt={ckpts['parent']}")
+    assert cfg.method.finetune.deep_supervision is False
+    parent = load_segmenter(ckpts["parent"], kind="osvos")
+    image, target = _first_frame()
+    labels = torch.stack([1 - target, target])
+    for deep in (False, True):
+        seg = OSVOSVideoSegmenter(parent, steps=2, optimizer=partial(torch.optim.Adam, lr=1e-3), deep_supervision=deep)
+        seg.step(image, labels)
+        moved = not torch.equal(seg.models[0].score[parent._key(parent.stages[0])].weight, parent.score[parent._key(parent.stages[0])].weight)
+        assert moved == deep
+
+
+def _small_object_frame(size=(64, 96)):
+    """A frame with a large object (1) and a 2 x 2 one (2) at even coordinates, and its (3, H, W) one-hot labels."""
+    frames, _ = moving_objects(1, size, n_objects=0, seed=3)
+    image = torch.from_numpy(frames[0]).permute(2, 0, 1).float() / 255
+    ids = torch.zeros(size, dtype=torch.long)
+    ids[8:40, 10:50] = 1
+    ids[50:52, 70:72] = 2
+    image[:, 50:52, 70:72] = 1.0
+    return image, torch.stack([(ids == i).float() for i in range(3)])
+
+
+def test_an_object_that_vanishes_at_short_side_is_fine_tuned_where_it_exists(ckpts, caplog):
+    """short_side=16 on a 64 x 96 frame: a 2 x 2 object area-averages to 0.25, no pixel above 0.5,
+    so its target would be all background and the class-balanced loss 0: nothing learnt. It is
+    fine-tuned (and segmented) at short side 32, where it keeps a pixel, with a warning; the large
+    object stays at 16."""
+    from corrflow.propagation.working_size import WorkingSize
+    from corrflow.utils.seeding import derive_seed
+
+    parent = load_segmenter(ckpts["parent"], kind="osvos")
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    image, labels = _small_object_frame()
+    vanished = WorkingSize(16).masks(labels[2:3])[0]
+    assert vanished.max() == 0.25
+    untouched = one_shot_finetune(parent, WorkingSize(16).frame(image), vanished, steps=2, optimizer=opt, seed=0)  # the old behaviour
+    assert all(torch.equal(v, parent.state_dict()[k]) for k, v in untouched.state_dict().items())  # zero loss: nothing changed
+
+    seg = OSVOSVideoSegmenter(parent, steps=2, optimizer=opt, short_side=16, seed=3)
+    seg.begin_video("tiny")
+    with caplog.at_level(logging.WARNING):
+        seg.step(image, labels)
+    assert "tiny: object 2 vanishes at method.short_side=16" in caplog.text and "short side 32" in caplog.text
+    assert [z.short_side for z in seg.sizes] == [16, 32]
+    size = WorkingSize(32)
+    by_hand = one_shot_finetune(parent, size.frame(image), size.masks(labels[2:3])[0], steps=2, optimizer=opt, seed=derive_seed(3, "osvos-object", 1))
+    assert all(torch.equal(v, by_hand.state_dict()[k]) for k, v in seg.models[1].state_dict().items())
+    assert any(not torch.equal(v, parent.state_dict()[k]) for k, v in seg.models[1].state_dict().items())
+    out = seg.step(image)
+    with torch.no_grad():
+        prob = torch.sigmoid(by_hand(size.frame(image)[None]).fused)[0]
+    torch.testing.assert_close(out[2], size.back(prob, (64, 96))[0], atol=1e-6, rtol=0)  # segmented at 32 too
+    assert seg.models[0] is not seg.models[1] and out.shape == (3, 64, 96)
+
+
+def test_an_object_that_vanishes_below_the_frame_size_is_fine_tuned_at_the_frame_size(ckpts, caplog):
+    parent = load_segmenter(ckpts["parent"], kind="osvos")
+    image, labels = _small_object_frame()
+    labels[0, 50:52, 70:72], labels[2] = 1.0, 0.0
+    labels[2, 51, 71], labels[0, 51, 71] = 1.0, 0.0  # one pixel: 1/16 at short side 16, 1/4 at 32; 64 is the frame's own short side
+    seg = OSVOSVideoSegmenter(parent, steps=1, optimizer=partial(torch.optim.Adam, lr=1e-3), short_side=16)
+    with caplog.at_level(logging.WARNING):
+        seg.step(image, labels)
+    assert [z.short_side for z in seg.sizes] == [16, None] and "the frame's own size" in caplog.text
+    caplog.clear()
+    seg = OSVOSVideoSegmenter(parent, steps=1, optimizer=partial(torch.optim.Adam, lr=1e-3), short_side=32)
+    img, target = _first_frame((64, 96))
+    with caplog.at_level(logging.WARNING):  # nothing vanishes: no warning, every object at short_side
+        seg.step(img, torch.stack([1 - target, target]))
+    assert "vanishes" not in caplog.text and [z.short_side for z in seg.sizes] == [32]
+
+
 def test_objects_combined_by_argmax_with_a_background_threshold():
     probs = torch.tensor([[[0.9, 0.3, 0.6, 0.2]], [[0.8, 0.4, 0.7, 0.1]]])  # (N=2, 1, 4)
     labels = combine_objects(probs, threshold=0.5)
@@ -174,6 +283,36 @@ def test_snapped_frames_are_the_unsnapped_labels_on_the_contour_superpixels(ckpt
         cmap = torch.sigmoid(contour(images[1][None]).fused[0, 0])
     expected = snap_to_contours(ids, cmap, n_segments=10)
     torch.testing.assert_close(snap.step(images[1]).argmax(0), expected)
+
+
+def test_snapping_with_short_side_snaps_at_the_frame_size(ckpts, tmp_path):
+    """The README's setting (method.short_side with snapping): the objects' probabilities and the
+    contour map are computed at the working size and resized back, and the snapping happens at the
+    frame's size: equal to those steps by hand; and the run writes frame-size labels."""
+    from corrflow.propagation.boundary_snapping import snap_to_contours
+    from corrflow.propagation.working_size import WorkingSize
+
+    parent, contour = load_segmenter(ckpts["parent"], kind="osvos"), load_segmenter(ckpts["contour"], kind="osvos_contour")
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    plain = OSVOSVideoSegmenter(parent, steps=2, optimizer=opt, short_side=20)
+    snap = OSVOSVideoSegmenter(parent, steps=2, optimizer=opt, contour=contour, n_segments=10, short_side=20)
+    frames, masks = moving_objects(2, (40, 64), n_objects=2, seed=1)
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    onehot = torch.stack([torch.from_numpy(masks[0] == i).float() for i in range(3)])
+    plain.step(images[0], onehot)
+    snap.step(images[0], onehot)
+    ids = plain.step(images[1]).argmax(0)  # unsnapped labels, already at 40 x 64
+    size = WorkingSize(20)
+    with torch.no_grad():
+        cmap = size.back(torch.sigmoid(contour(size.frame(images[1])[None]).fused[0]), (40, 64))[0]
+    got = snap.step(images[1])
+    assert got.shape == (3, 40, 64)
+    torch.testing.assert_close(got.argmax(0), snap_to_contours(ids, cmap, n_segments=10))
+    root = write_davis_tree(tmp_path / "DAVIS", {"c": 3}, size=(40, 64), n_objects=1, year="2016", split="val")
+    run_osvos(root, tmp_path / "out", ckpts["parent"], "method.boundary_snapping=true", f"method.contour_ckpt={ckpts['contour']}",
+              "method.short_side=20", "overlay=null", task="davis2016")  # fmt: skip
+    pred = np.stack([read_indexed_png(p) for p in sorted((tmp_path / "out" / "results" / "c").glob("*.png"))])
+    assert pred.shape == (3, 40, 64) and set(np.unique(pred).tolist()) <= {0, 1}
 
 
 def test_batched_frames_equal_one_at_a_time(ckpts):
@@ -281,10 +420,10 @@ def test_wrong_kinds_of_checkpoint_say_what_to_pass(davis_root, ckpts, tmp_path)
         with pytest.raises((ValueError, FileNotFoundError), match=pattern):
             run_osvos(davis_root, out, ckpt, *extra)
     broken = torch.load(ckpts["parent"], weights_only=False)
-    broken["state_dict"]["net.fuse.weight"] = broken["state_dict"]["net.fuse.weight"][:, :8]  # 2 sides' worth, not 4
-    del broken["state_dict"]["net.score.head.bias"]
+    broken["state_dict"]["net.fuse.weight"] = broken["state_dict"]["net.fuse.weight"][:, :8]  # 2 sides' worth, not 3
+    del broken["state_dict"]["net.score.layer3.bias"]
     torch.save(broken, tmp_path / "broken.ckpt")
-    with pytest.raises(ValueError, match=r"broken\.ckpt: the weights do not fit; missing \(1\): score\.head\.bias; shape differs \(1\): fuse\.weight"):
+    with pytest.raises(ValueError, match=r"broken\.ckpt: the weights do not fit; missing \(1\): score\.layer3\.bias; shape differs \(1\): fuse\.weight"):
         run_osvos(davis_root, out, tmp_path / "broken.ckpt")
     with pytest.raises(ValueError, match=r"method=osvos needs an OSVOS parent checkpoint: ckpt="):
         propagate(compose_cfg("task=davis", "method=osvos", f"data.root={davis_root}", f"output_dir={out}"))

@@ -29,7 +29,12 @@ that keeps one stride (CorrFlow's) still has four stages to supervise. No parame
 A motion module (MotionSqueeze, :class:`corrflow.models.motion_squeeze.MotionSqueeze`) can be
 inserted after a stage (``motion``, a partial taking the stage's channels; ``motion_after``, the
 stage's 1-based number, 2 by default: ResNet's layer2). It sees the batch as clips of consecutive
-frames; without it (the default) nothing changes.
+frames; without it (the default) nothing changes. Its settings go into ``config["motion"]``
+(``{"type": "MotionSqueeze", "after": 2, "settings": <its config>}``), so that :meth:`from_config`
+(and a checkpoint) rebuilds it; a backbone without one has no ``motion`` key.
+
+``distinct_side_stages``: the side stages less those that only pass their input on (an identity
+module, e.g. the CRW variant's head), whose output is the same tensor as the stage before.
 """
 
 from __future__ import annotations
@@ -80,12 +85,15 @@ class SegmentationBackbone(nn.Module):
         seed: the random initialisation's seed (init=random; the global RNG is left alone).
         motion: None, or ``motion(channels) -> nn.Module`` (e.g. a ``MotionSqueeze`` partial with its
             ``n_frames``) mapping a stage's (B*T, C, h, w) output to the same shape, inserted after
-            stage ``motion_after``. It is not part of ``config`` (``from_config`` leaves it out).
+            stage ``motion_after``. A MotionSqueeze's settings are recorded in ``config["motion"]``
+            and rebuilt by ``from_config``; another module's type is recorded, and ``from_config``
+            refuses it.
         motion_after: the 1-based number of the stage it follows (ResNet: 1 layer1, 2 layer2, ...;
             Lite0: its MBConv blocks).
 
     Attributes: ``strides`` (ascending), ``channels`` ({stride: C}), ``stride`` (the coarsest),
-    ``side_stages`` (names, shallow to deep), ``stage_strides`` and ``stage_channels`` ({name: ..}),
+    ``side_stages`` (names, shallow to deep), ``distinct_side_stages`` (those that are not an
+    identity of the stage before), ``stage_strides`` and ``stage_channels`` ({name: ..}),
     ``config`` (what :meth:`from_config` rebuilds the architecture from; stored in checkpoints).
 
     Raises:
@@ -169,6 +177,9 @@ class SegmentationBackbone(nn.Module):
         else:
             side = [i for i in range(last + 1) if stage_strides[i] >= finest_stride]
         self.side_stages = tuple(self._stages[i] for i in side)
+        self.distinct_side_stages = tuple(
+            self._stages[i] for i in side if not (i > 0 and isinstance(self.encoder.get_submodule(self._stages[i]), nn.Identity))
+        )
         self.stage_strides = {self._stages[i]: stage_strides[i] for i in side}
         self._deepest = max(taps)
         self._pooled = [s for s in _STRIDES if self._deepest < s <= min_stride]
@@ -187,7 +198,13 @@ class SegmentationBackbone(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, seed: int = 0) -> SegmentationBackbone:
         """The architecture ``config`` describes (``backbone.config``), randomly initialised: the
-        skeleton a checkpoint's state dict is then loaded into (no pretraining file needed)."""
+        skeleton a checkpoint's state dict is then loaded into (no pretraining file needed). A
+        recorded motion module is rebuilt with its recorded settings.
+
+        Raises:
+            ValueError: a recorded motion module that cannot be rebuilt (not a MotionSqueeze, or no settings).
+        """
+        motion, motion_after = _motion_from_config(config.get("motion"))
         return cls(
             init="random",
             arch=config["arch"],
@@ -197,6 +214,8 @@ class SegmentationBackbone(nn.Module):
             max_stride=config["max_stride"],
             freeze_bn=config["freeze_bn"],
             seed=seed,
+            motion=motion,
+            motion_after=motion_after,
         )
 
     def with_extra_inputs(self, channels: int) -> SegmentationBackbone:
@@ -232,6 +251,12 @@ class SegmentationBackbone(nn.Module):
             torch.manual_seed(seed)
             self.motion = motion(int(x.shape[1]))
         self._motion_index = after - 1
+        settings = getattr(self.motion, "config", None)
+        self.config["motion"] = {
+            "type": type(self.motion).__name__,
+            "after": int(after),
+            "settings": dict(settings) if isinstance(settings, Mapping) else None,
+        }
 
     @torch.no_grad()
     def _probe_strides(self, stages: list[str]) -> list[int]:
@@ -333,6 +358,26 @@ class SegmentationBackbone(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
+
+
+def _motion_from_config(entry: Mapping[str, Any] | None) -> tuple[Callable[[int], nn.Module] | None, int]:
+    """(the ``motion`` partial, ``motion_after``) that rebuild a recorded ``config["motion"]`` entry."""
+    if not entry:
+        return None, 2
+    from corrflow.models.motion_squeeze import MotionSqueeze
+
+    kind, settings = entry.get("type"), entry.get("settings")
+    if kind != "MotionSqueeze" or not isinstance(settings, Mapping):
+        raise ValueError(f"the backbone's motion module ({kind}) cannot be rebuilt from its config: only a MotionSqueeze with recorded settings can")
+    settings = dict(settings)
+    channels = settings.pop("in_channels")
+
+    def build(c: int) -> nn.Module:
+        if c != channels:
+            raise ValueError(f"the recorded MotionSqueeze takes {channels} channels, but stage {entry['after']} gives {c}")
+        return MotionSqueeze(c, **settings)
+
+    return build, int(entry["after"])
 
 
 class _Lite0Trunk(nn.Module):

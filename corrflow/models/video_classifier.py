@@ -1,19 +1,29 @@
 """``VideoClassifier``: clip-level action recognition on a :class:`SegmentationBackbone` (with
 MotionSqueeze inserted in it by config, and TSM's temporal shift): each of a clip's T frames is
 classified from its coarsest map (global average pool, dropout, linear) and the T scores are
-averaged (TSN's consensus)."""
+averaged (TSN's consensus).
+
+:func:`load_video_classifier` rebuilds one from an MSNet checkpoint of ``tools/finetune.py
+experiment=msnet`` alone: the backbone's config there records the MotionSqueeze settings
+(:meth:`SegmentationBackbone.from_config`)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from corrflow.models.backbone import SegmentationBackbone
+from corrflow.models.backbone import SegmentationBackbone, load_state_exactly
+from corrflow.models.checkpoint import read_checkpoint
+from corrflow.models.segmenters.checkpoint import FORMAT
 from corrflow.models.temporal_shift import add_temporal_shift
 
-__all__ = ["VideoClassifier"]
+__all__ = ["VideoClassifier", "load_video_classifier"]
+
+KIND = "msnet"  # ActionLitModule.kind
 
 
 class VideoClassifier(nn.Module):
@@ -58,3 +68,37 @@ class VideoClassifier(nn.Module):
     def predict(self, frames: Tensor) -> Tensor:
         """(B, T, 3, H, W) -> (B, K) class probabilities."""
         return self.forward(frames).softmax(-1)
+
+
+def load_video_classifier(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VideoClassifier:
+    """Rebuild the MSNet (backbone, MotionSqueeze with its recorded settings, temporal shift,
+    classifier) saved in a ``tools/finetune.py experiment=msnet`` checkpoint, with its trained
+    weights, in eval mode; no other file is needed.
+
+    Raises:
+        FileNotFoundError: no file. ValueError: not a corrflow checkpoint, another kind of
+        checkpoint (naming it), one written before the MotionSqueeze settings were recorded, or
+        weights that do not fit (naming the layers).
+    """
+    path = Path(path)
+    ckpt, meta = read_checkpoint(path, map_location=map_location, what="MSNet checkpoint")
+    if meta is None:
+        raise ValueError(f"{path}: not a corrflow checkpoint (no 'corrflow' entry); train an MSNet with tools/finetune.py experiment=msnet")
+    kind = meta.get("kind", "pretraining" if "encoder" in meta else None)
+    if kind != KIND:
+        raise ValueError(f"{path} is a {str(kind).upper()} checkpoint, not an MSNet one (tools/finetune.py experiment=msnet)")
+    if meta.get("format", 0) > FORMAT:
+        raise ValueError(f"{path}: checkpoint format {meta['format']} is newer than this corrflow ({FORMAT})")
+    classifier = dict(meta["classifier"])
+    has_motion = bool(classifier.pop("motion", False))
+    if has_motion and not meta["backbone"].get("motion"):
+        raise ValueError(
+            f"{path}: its network has a MotionSqueeze module but the checkpoint does not record its settings "
+            "(written before they were recorded), so it cannot be rebuilt from the file alone"
+        )
+    backbone = SegmentationBackbone.from_config(meta["backbone"])
+    net = VideoClassifier(backbone=backbone, **classifier)
+    prefix = meta["prefix"]
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    load_state_exactly(net, state, source=str(path))
+    return net.eval()

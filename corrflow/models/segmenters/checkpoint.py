@@ -60,7 +60,12 @@ def load_segmenter(path: str | os.PathLike, *, kind: str = "stm", map_location: 
         raise ValueError(f"{path}: checkpoint format {meta['format']} is newer than this corrflow ({FORMAT})")
     classes = _segmenter_classes()
     backbone = SegmentationBackbone.from_config(meta["backbone"])
-    net = classes[kind](backbone=backbone, **meta["segmenter"])
+    segmenter = dict(meta["segmenter"])
+    if kind.startswith("osvos") and "stages" not in segmenter:
+        # written before OSVOS recorded its side stages: they were the last n_sides of all side
+        # stages (on the CRW variant the head too, repeating layer3)
+        segmenter["stages"] = backbone.side_stages[-int(segmenter["n_sides"]) :]
+    net = classes[kind](backbone=backbone, **segmenter)
     prefix = meta["prefix"]
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     load_state_exactly(net, state, source=str(path))
