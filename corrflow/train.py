@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from corrflow.lit.checkpoint_on_stop import CheckpointOnStop
+from corrflow.models.checkpoint import not_a_checkpoint
 from corrflow.models.quantizer import fit_colour_bins, save_colour_bins, sources_fingerprint
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def save_end_of_run(trainer: pl.Trainer, folder: Path, last: Path | None) -> Pat
     (that callback switched off). Returns final.ckpt."""
     final = folder / "final.ckpt"
     if last is None or not last.is_file():
-        trainer.save_checkpoint(final)
+        trainer.save_checkpoint(final, weights_only=False)
         return final
     if trainer.is_global_zero:
         shutil.copyfile(last, final)
@@ -230,6 +231,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path not found: {cfg.ckpt_path}")
+    if cfg.get("ckpt_path") and (problem := not_a_checkpoint(cfg.ckpt_path)):
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} {problem}")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -240,6 +243,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if not held_out and cfg.get("callbacks") and "best_checkpoint" in cfg.callbacks:
         with open_dict(cfg):
             cfg.callbacks.best_checkpoint = None  # nothing to rank checkpoints by
+    if not held_out:
+        with open_dict(cfg):
+            cfg.trainer.limit_val_batches = 0  # no held-out split: no validation loop at all
     trainer, callbacks = build_trainer(cfg)
 
     fit_logging_interval(trainer, datamodule)

@@ -65,7 +65,7 @@ def make_davis_tree(
                 write_indexed_png(ann, masks[t])
             else:
                 ann.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.where(masks[t] > 0, 255, 0).astype(np.uint8), mode="L").save(ann)
+                Image.fromarray(np.where(masks[t] > 0, 255, 0).astype(np.uint8)).save(ann)
                 pairs.append(f"/JPEGImages/480p/{name}/{t:05d}.png /Annotations/480p/{name}/{t:05d}.png")
     sets = root / "ImageSets" / (year if layout == "2017" else "480p")
     sets.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ def test_static_clips_keep_mask_and_image_aligned(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     Image.fromarray(image).save(tmp_path / "images" / "x.png")
-    Image.fromarray(mask * 255, mode="L").save(tmp_path / "masks" / "x.png")
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "masks" / "x.png")
     ds = StaticClipDataset(salient_frames(tmp_path), size=(48, 48), n_frames=3, degrees=30, shear=15, scale=(0.8, 1.2), translate=(0.15, 0.15))
     torch.manual_seed(0)
     random.seed(0)

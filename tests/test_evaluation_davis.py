@@ -169,7 +169,7 @@ def test_davis2016_single_object(tmp_path):
 
 def _write_grayscale(path: Path, mask: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8), mode="L").save(path)
+    Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8)).save(path)
 
 
 def write_release_2016(root: Path, sequences: dict[str, np.ndarray], *, split="val") -> Path:

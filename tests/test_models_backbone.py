@@ -150,7 +150,7 @@ def test_bad_init_values(tmp_path):
         SegmentationBackbone(init="imagenet", arch="crw")
     not_ckpt = tmp_path / "notes.ckpt"
     not_ckpt.write_text("hello")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="notes.ckpt is not a PyTorch checkpoint: it is a text file"):
         SegmentationBackbone(init=str(not_ckpt))
     with pytest.raises(ValueError, match="multiple of the backbone's stride 8"):
         SegmentationBackbone()(torch.rand(1, 3, 30, 32))

@@ -1,7 +1,7 @@
 """The demo page: load your video, mark the objects, watch them propagate (``pip install -e ".[demo]"``).
 
     python tools/demo.py                                   # lab features until you train one
-    python tools/demo.py ckpt=logs/train/runs/<run>/checkpoints/last.ckpt
+    python tools/demo.py ckpt=logs/corrflow/runs/<run>/checkpoints/last.ckpt
     python tools/demo.py device=cpu port=8080 max_frames=30 short_side=180
 
 Prints the page's address. See conf/demo.yaml; the page is corrflow.demo.app.

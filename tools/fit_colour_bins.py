@@ -13,16 +13,20 @@ from omegaconf import DictConfig
 
 from corrflow.models.quantizer import load_colour_bins
 from corrflow.train import colour_bins_path, fit_and_save_colour_bins
-from corrflow.utils.cli import user_errors
+from corrflow.utils.cli import discard_unused_run_dir, user_errors
+from corrflow.utils.help import register_help_resolver
 from corrflow.utils.pylogger import setup_logging
+
+register_help_resolver()  # the training config's `--help` (conf/hydra/train.yaml) lists its config groups
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    datamodule = hydra.utils.instantiate(cfg.data)
-    path = fit_and_save_colour_bins(cfg, datamodule, colour_bins_path(cfg, datamodule))
+    with discard_unused_run_dir():  # a failed run leaves no log folder that holds only Hydra's files
+        datamodule = hydra.utils.instantiate(cfg.data)
+        path = fit_and_save_colour_bins(cfg, datamodule, colour_bins_path(cfg, datamodule))
     centroids, meta = load_colour_bins(path)
     print(f"saved {centroids.shape[0]} colour bins to {path}")
     print(json.dumps(meta, indent=2))

@@ -14,13 +14,14 @@ import hydra
 from omegaconf import DictConfig
 
 from corrflow.flow.run import flow
-from corrflow.utils.cli import user_errors
+from corrflow.utils.cli import discard_unused_run_dir, user_errors
 
 
 @hydra.main(config_path="../conf", config_name="flow", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
-    flow(cfg)
+    with discard_unused_run_dir():  # a failed run leaves no log folder that holds only Hydra's files
+        flow(cfg)
 
 
 if __name__ == "__main__":

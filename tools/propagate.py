@@ -16,13 +16,17 @@ import hydra
 from omegaconf import DictConfig
 
 from corrflow.propagation.run import propagate
-from corrflow.utils.cli import user_errors
+from corrflow.utils.cli import discard_unused_run_dir, user_errors
+from corrflow.utils.help import register_help_resolver
+
+register_help_resolver()  # `--help` lists the config groups propagation uses (conf/hydra/propagate.yaml)
 
 
 @hydra.main(config_path="../conf", config_name="propagate", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
-    propagate(cfg)
+    with discard_unused_run_dir():  # a failed run leaves no log folder that holds only Hydra's files
+        propagate(cfg)
 
 
 if __name__ == "__main__":

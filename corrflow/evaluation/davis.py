@@ -204,6 +204,23 @@ def format_davis_tables(scores: DAVISScores, *, split: str) -> str:
     return "\n".join(lines)
 
 
+def no_results_message(results_dir: Path, sequences: Sequence[str]) -> str:
+    """What to say when ``results_dir`` holds a folder for none of ``sequences``: that it holds no
+    results, what it holds instead, and the layout expected."""
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in results_dir.iterdir() if not p.name.startswith("."))
+    names = f"{', '.join(list(sequences)[:3])}{', ...' if len(sequences) > 3 else ''}"
+    if entries:
+        held = (f"none of the {len(sequences)} sequences to score ({names}) has a folder there "
+                f"(it holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''})")  # fmt: skip
+    else:
+        held = f"it is empty ({len(sequences)} sequences to score: {names})"
+    return (
+        f"{results_dir} holds no results: {held}. Expected one folder a sequence with one palette PNG a "
+        f"frame, named as the ground truth: {results_dir}/<sequence>/<frame>.png, e.g. "
+        f"{results_dir / sequences[0] / '00000.png'} (tools/propagate.py writes them under <output_dir>/results)"
+    )
+
+
 def evaluate_davis(
     results_dir: str | os.PathLike,
     davis_root: str | os.PathLike,
@@ -242,7 +259,8 @@ def evaluate_davis(
         :class:`DAVISScores`: global metrics and one :class:`ObjectScores` per (sequence, object).
 
     Raises:
-        FileNotFoundError: missing split file, sequence ground truth, results folder or result frame.
+        FileNotFoundError: missing split file, sequence ground truth, results folder or result frame;
+            a results folder with no sequence's folder (:func:`no_results_message`).
         ValueError: empty split file, result of another size than ground truth, ids that ground
             truth lacks, non-palette result PNG, fewer than 3 frames, no object in the first frame.
     """
@@ -267,6 +285,8 @@ def evaluate_davis(
     gt_root = davis_root / "Annotations" / resolution
     if not gt_root.is_dir():
         raise FileNotFoundError(f"DAVIS annotations not found: {gt_root}")
+    if not any((results_dir / seq).is_dir() for seq in sequences):
+        raise FileNotFoundError(no_results_message(results_dir, sequences))
 
     iterator = list(sequences)
     if progress:

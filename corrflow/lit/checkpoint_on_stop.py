@@ -9,12 +9,22 @@ Ctrl-C: the first SIGINT only sets a flag; the step in progress finishes, ``last
 written, the run stops, and the exact command that resumes it is printed. A second Ctrl-C
 interrupts at once (Lightning's own shutdown, nothing saved). DataLoader workers ignore SIGINT
 (``corrflow.data.sampling.worker_init``), so the first Ctrl-C does not kill them under the run.
+
+The acknowledgement ("Ctrl-C: finishing this step, then saving ...") is printed at once, not when
+the step ends: Python runs a signal handler only between bytecodes of the main thread, which a step
+spends inside long C++ calls (a backward pass can take many seconds on a CPU). So a watcher thread
+blocks on the signal module's wake-up file descriptor, to which the C-level handler writes a byte
+the moment the signal arrives, and prints the line from there. A second Ctrl-C pressed before the
+main thread got to the handler still aborts (the handler sees that two arrived). Where another
+user of the wake-up descriptor holds it (an asyncio loop in this thread), the line comes from the
+handler alone, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -37,16 +47,92 @@ class CheckpointOnStop(pl.Callback):
         self.interrupted = False  # Ctrl-C seen
         self.saved: Path | None = None  # the checkpoint written when training stopped
         self._previous = None
+        self._lock = threading.Lock()
+        self._presses = 0  # SIGINTs the watcher has seen
+        self._acknowledged = False
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None  # (read end, write end)
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def path(self) -> Path:
         return self.dirpath / self.filename
 
     def request_stop(self, *_args) -> None:
-        """The first SIGINT: stop after this step. The next SIGINT raises KeyboardInterrupt."""
+        """The first SIGINT: stop after this step. The next SIGINT raises KeyboardInterrupt (also
+        when it arrived before the main thread got here: the watcher counted it)."""
+        again = self.interrupted
         self.interrupted = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.acknowledge()
+        with self._lock:
+            presses = self._presses
+        if again or presses >= 2:
+            raise KeyboardInterrupt
+
+    def acknowledge(self) -> None:
+        """Say, once, that Ctrl-C was heard and what happens now (from the watcher thread, at once,
+        or from the handler)."""
+        with self._lock:
+            if self._acknowledged:
+                return
+            self._acknowledged = True
         log.warning("Ctrl-C: finishing this step, then saving %s (press Ctrl-C again to abort without saving)", self.path)
+
+    def _start_watcher(self) -> None:
+        """Take the signal module's wake-up descriptor (main thread only) and start the thread that
+        acknowledges a Ctrl-C the moment it arrives. Leaves things as they were when another user
+        holds the descriptor or the platform refuses."""
+        read, write = socket.socketpair()
+        write.setblocking(False)
+        try:
+            previous = signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            previous = None
+        if previous != -1:  # refused, or someone else's (an asyncio loop): given back
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
+            read.close()
+            write.close()
+            return
+        self._stopping.clear()
+        self._wakeup = (read, write)
+        self._watcher = threading.Thread(target=self._watch, args=(read,), name="corrflow-ctrl-c", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, read: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                data = read.recv(64)  # one byte a signal, its number (0: _stop_watcher's wake-up)
+            except OSError:
+                return
+            if not data:
+                return
+            presses = data.count(int(signal.SIGINT))
+            if presses:
+                with self._lock:
+                    self._presses += presses
+                self.acknowledge()
+
+    def _stop_watcher(self) -> None:
+        if self._wakeup is None:
+            return
+        read, write = self._wakeup
+        self._wakeup = None
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(-1)
+        # Wake the watcher with a byte rather than by closing the write end: forked DataLoader
+        # workers hold copies of it, so the watcher would not see end-of-file.
+        self._stopping.set()
+        try:
+            write.send(b"\0")
+        except OSError:
+            pass
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
+        read.close()
+        write.close()
 
     @staticmethod
     def last_step(trainer: pl.Trainer) -> bool:
@@ -60,11 +146,12 @@ class CheckpointOnStop(pl.Callback):
         self.saved = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self.request_stop)
+            self._start_watcher()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         if not (self.interrupted or self.last_step(trainer)):
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state: what a resume needs
         self.saved = self.path
         if self.interrupted:
             trainer.should_stop = True
@@ -74,6 +161,7 @@ class CheckpointOnStop(pl.Callback):
                 print(f"\nstopped at step {trainer.global_step}; resume with:\n  {command}\n", flush=True)
 
     def _restore(self) -> None:
+        self._stop_watcher()
         if self._previous is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None

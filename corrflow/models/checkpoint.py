@@ -23,12 +23,38 @@ def encoder_payload(encoder: ResNetEncoder, *, prefix: str) -> dict[str, Any]:
     return {"format": FORMAT, "encoder": dict(encoder.config), "encoder_prefix": prefix}
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a zip archive), since PyTorch 1.6
+PICKLE_MAGIC = b"\x80"  # torch.save's legacy format: a pickle, protocol 2 or later
+
+
+def not_a_checkpoint(path: str | os.PathLike) -> str | None:
+    """Why the file at ``path`` cannot be a PyTorch checkpoint, judged from its first bytes
+    (``"is empty, ..."``, ``"is not a PyTorch checkpoint: it is a text file ..."``), or None when
+    it starts as ``torch.save`` writes (a zip archive, or a legacy pickle). Does not load it."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if not head:
+        return "is empty, not a PyTorch checkpoint"
+    if head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        return None
+    expect = "pass a .ckpt written by tools/train.py or tools/finetune.py (or any torch.save file)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c.isspace() for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"is not a PyTorch checkpoint: it is a text file (it starts {first!r}); {expect}"
+    return f"is not a PyTorch checkpoint (neither a zip archive nor a pickle, as torch.save writes); {expect}"
+
+
 def read_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> tuple[dict, dict | None]:
     """A checkpoint file and its ``corrflow`` entry (None when it has none).
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message says ``<what> not found``).
-        ValueError: the file cannot be read as a PyTorch checkpoint.
+        ValueError: the file is not a PyTorch checkpoint (a text file, an empty one: see
+            :func:`not_a_checkpoint`), or one that cannot be read (truncated, damaged).
     """
     path = Path(path)
     if not path.is_file():
@@ -36,7 +62,10 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({e})") from e
+        problem = not_a_checkpoint(path)  # in the user's words, not pickle's ("could not find MARK")
+        if problem:
+            raise ValueError(f"{path} {problem}") from e
+        raise ValueError(f"{path}: cannot read this PyTorch checkpoint; is it truncated or damaged? ({e})") from e
     meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
     return ckpt, meta if isinstance(meta, dict) else None
 

@@ -24,6 +24,8 @@ Output, under ``cfg.output_dir``::
 
 Inputs are checked before anything is written: the dataset is found and not empty, the method
 (its features, its checkpoint) loads, and the annotations of every video still to do are read and checked.
+The data set and the method are both tried before either error is reported: a run with several
+wrong inputs names them all.
 A run that fails there leaves the folder as it was. A run that propagates at least one video
 records its config in a new ``runs/<time>/`` folder first, and each ``.done`` file names that
 folder, so every finished sequence keeps a record of the config that made it.
@@ -339,6 +341,39 @@ def propagate(cfg: DictConfig) -> dict[str, Any] | None:
         return _propagate(cfg, ranks)
 
 
+def _build_inputs(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any]:
+    """The data set, the targets and the method's per-video segmenter (its features, its
+    checkpoint), each built even when another fails, so that a run with several wrong inputs
+    (no ``ckpt`` and a wrong ``data.root``) reports them all at once
+    (:func:`corrflow.utils.cli.raise_user_errors`). Errors that are not the user's propagate at once."""
+    from corrflow.utils.cli import find_user_error, raise_user_errors
+
+    problems: list[BaseException] = []
+
+    def attempt(build):
+        try:
+            return build()
+        except Exception as e:  # noqa: BLE001 - sorted: user errors collected, anything else raised
+            if find_user_error(e) is None:
+                raise
+            problems.append(e)
+            return None
+
+    def dataset():
+        videos = instantiate(cfg.task.dataset)
+        if len(videos) == 0:
+            raise ValueError(f"task={cfg.task.name}: no videos under data.root={cfg.data.root}")
+        return videos
+
+    videos = attempt(dataset)
+    targets = attempt(lambda: instantiate(cfg.task.targets))
+    segmenter = None
+    if targets is not None:
+        segmenter = attempt(lambda: instantiate(cfg.method.segmenter)(device=device, targets=targets))  # a per-video VideoSegmenter
+    raise_user_errors(problems)
+    return videos, targets, segmenter
+
+
 def _propagate(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     results_dir, overlays_dir, scores_dir = out / "results", out / "overlays", out / "scores"
@@ -350,11 +385,7 @@ def _propagate(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
     device = ranks.device
     if ranks.main:
         log.info("propagate: task=%s method=%s -> %s", cfg.task.name, method, out)
-    dataset = instantiate(cfg.task.dataset)
-    if len(dataset) == 0:
-        raise ValueError(f"task={cfg.task.name}: no videos under data.root={cfg.data.root}")
-    targets = instantiate(cfg.task.targets)
-    segmenter = instantiate(cfg.method.segmenter)(device=device, targets=targets)  # a per-video VideoSegmenter
+    dataset, targets, segmenter = _build_inputs(cfg, device)
     recorder_factory = instantiate(cfg.overlay) if cfg.get("overlay") else None
     key = fingerprint(cfg)
     progress = bool(cfg.get("progress", True)) and ranks.main

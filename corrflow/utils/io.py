@@ -45,7 +45,7 @@ def write_indexed_png(path: str | os.PathLike, mask: np.ndarray, palette: bytes 
         raise ValueError(f"{path}: mask ids must lie in [0, 255], got [{mask.min()}, {mask.max()}]")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    im = Image.fromarray(mask.astype(np.uint8))  # 'L'; putpalette makes it 'P' with the same indices
     im.putpalette(palette)
     tmp = path.with_name(f".{path.name}.tmp")
     im.save(tmp, format="PNG")

@@ -69,5 +69,5 @@ def write_salient_tree(root: Path, n_images: int = 3, *, size: tuple[int, int] =
     for i in range(n_images):
         frames, masks = moving_objects(1, size, n_objects=1, seed=10 + i)
         Image.fromarray(frames[0]).save(root / "images" / f"img{i}.jpg", quality=95)
-        Image.fromarray((masks[0] > 0).astype(np.uint8) * 255, mode="L").save(root / "masks" / f"img{i}.png")
+        Image.fromarray((masks[0] > 0).astype(np.uint8) * 255).save(root / "masks" / f"img{i}.png")
     return root
