@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corrflow.propagation.functional import context_indices, mixed_context_attention, onehot_argmax, window_mask, window_reach
+from corrflow.propagation.functional import (
+    context_indices,
+    frame_regions,
+    mixed_context_attention,
+    mixed_context_attention_regions,
+    onehot_argmax,
+    window_mask,
+    window_reach,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,6 +83,44 @@ def test_mixed_context_attention_matches_dense_reference(h, w, r, radius, tile, 
     ref = dense_mixed_reference(q, k0, v0, keys, values, radius=radius, temperature=0.3, topk=topk, window=window)
     assert out.shape == (2, 3, h, w)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "h, w, r, radius, tile, topk, max_logits, window",
+    [
+        (7, 11, 3, 2, 4, 5, 1 << 25, "square"),
+        (9, 13, 2, 4, 4, 10, 1 << 25, "disc"),
+        (13, 9, 3, 3, 8, 10, 500, "disc"),  # many chunks
+        (19, 23, 4, 12, 8, 10, 1 << 25, "disc"),  # CRW's radius, regions wider than the frame
+        (6, 5, 0, 1, 3, 4, 1 << 25, "square"),  # first frame only
+        (5, 6, 2, 1, 2, 3, 1 << 25, "disc"),  # radius 1: the same location only
+    ],
+)
+def test_regions_laid_out_once_match_dense_reference(h, w, r, radius, tile, topk, max_logits, window) -> None:
+    """The per-frame region path keeps the same candidates and top-k as every logit written out
+    (float64, no ties), also when the padded start repeats one frame (the same region tensors)."""
+    g = torch.Generator().manual_seed(h * 100 + w + 7)
+    q = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
+    k0 = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
+    v0 = torch.rand(2, 3, h, w, generator=g, dtype=torch.float64)
+    keys = torch.randn(2, r, 5, h, w, generator=g, dtype=torch.float64)
+    values = torch.rand(2, r, 3, h, w, generator=g, dtype=torch.float64)
+    if r >= 3:  # a padded start: frames 0 and 1 are one frame
+        keys[:, 1], values[:, 1] = keys[:, 0], values[:, 0]
+    reach = window_reach(radius, window)
+    regions = [(frame_regions(keys[:, i], reach, tile), frame_regions(values[:, i], reach, tile)) for i in range(r)]
+    if r >= 3:
+        regions[1] = regions[0]  # the same tensors, as the propagator hands them
+    out = mixed_context_attention_regions(
+        q, k0, v0, [k for k, _ in regions], [v for _, v in regions], radius=radius, temperature=0.3, topk=topk, tile=tile,
+        window=window, max_logits=max_logits,
+    )  # fmt: skip
+    ref = dense_mixed_reference(q, k0, v0, keys, values, radius=radius, temperature=0.3, topk=topk, window=window)
+    assert out.shape == (2, 3, h, w)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="regions"):
+        mixed_context_attention_regions(q, k0, v0, [torch.zeros(2, 1, 4, 5)], [torch.zeros(2, 1, 4, 3)], radius=radius, temperature=0.3,
+                                        topk=topk, tile=tile, window=window)  # fmt: skip
 
 
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])

@@ -196,9 +196,33 @@ def test_a_2000_frame_video_propagates_in_constant_memory(propagator, bounded) -
     frame_bytes = 2 * 3 * 8 * 8 * 4  # one frame's features (C = 3) and labels (D = 3), float32
     if bounded:
         assert len(prop.context) == 21
-        assert held[0] <= 25 * frame_bytes  # the first frame + 20 recent, not the video
+        # the first frame + 20 recent (and, laid out once, their 10 x 10 key and label regions), not the video
+        region_bytes = 10 * 10 * (3 + 3) * 4
+        assert held[0] <= 25 * frame_bytes + 21 * region_bytes
         assert held == [held[0]] * 3
         assert max(live) - live[0] < 10 * frame_bytes
     else:
         assert held[-1] - held[0] >= 1800 * frame_bytes
         assert live[-1] - live[0] >= 1800 * frame_bytes
+
+
+def test_crw_regions_laid_out_once_give_the_same_predictions() -> None:
+    """The CRW context reading each recent frame's regions laid out once (the default) predicts
+    what cutting them afresh every frame predicts (``region_cache_mb=0``), through the padded start,
+    frames leaving the queue and a restart; the cache holds only the frames in the context."""
+    torch.manual_seed(0)
+    feats = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AvgPool2d(2))
+    feats.stride = 2
+    frames = [torch.rand(3, 30, 38) for _ in range(9)]
+    crw = dict(CRW, n_recent=4, radius=5)
+    fast, slow = LabelPropagator(feats, **crw), LabelPropagator(feats, **crw, region_cache_mb=0)
+    for start in (0, 3):  # the second pass restarts from frame 3
+        first = random_labels(3, 15, 19, seed=start)
+        fast.step(frames[start], first)
+        slow.step(frames[start], first)
+        for t, frame in enumerate(frames[start + 1 :], start=1):
+            a, b = fast.step(frame), slow.step(frame)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            assert set(fast._regions) <= {i for i, _, _ in fast._recent}
+            assert 1 <= len(fast._regions) <= 4
+        assert not slow._regions

@@ -5,7 +5,10 @@ top-10, temperature 0.05, soft labels) with the CRW encoder (256-d at stride 8),
 frame goes through the encoder, then propagation.
 
 - ``ours``: :class:`corrflow.propagation.LabelPropagator`, streaming: memory is bounded by the
-  context (21 frames), whatever the video length.
+  context (21 frames), whatever the video length; each recent frame's key and label regions are
+  laid out once, when the frame enters the context.
+- ``ours, regions cut every frame``: the same with ``region_cache_mb=0``, the earlier code path
+  (every query frame cuts the 20 recent frames' regions out again): the baseline of the layout.
 - ``dense``: what a direct implementation does (as CRW's test code): encode the whole video up
   front, then for each frame build the full (HW x 21*HW) affinity to its context, mask it to the
   radius, top-k, softmax. Its memory grows with the video (all features are kept).
@@ -70,12 +73,15 @@ def _time(fn, device) -> tuple[float, float]:
     return time.perf_counter() - t0, peak
 
 
-def run_propagate_benchmark(*, frames: int, height: int, width: int, n_objects: int, device: str, skip_dense: bool = False) -> list[dict]:
+def run_propagate_benchmark(
+    *, frames: int, height: int, width: int, n_objects: int, device: str, skip_dense: bool = False, encoder: str = "crw"
+) -> list[dict]:
+    from corrflow.models.encoder import corrflow_encoder
     from corrflow.propagation.propagator import LabelPropagator
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    enc = crw_encoder().eval().to(dev)
+    enc = (crw_encoder() if encoder == "crw" else corrflow_encoder()).eval().to(dev)
     video = torch.rand(frames, 3, height, width, device=dev)
     h, w = -(-height // enc.stride), -(-width // enc.stride)
     first = F.one_hot(torch.randint(0, n_objects + 1, (h, w), device=dev), n_objects + 1).permute(2, 0, 1).float()
@@ -83,21 +89,26 @@ def run_propagate_benchmark(*, frames: int, height: int, width: int, n_objects: 
 
     last = {}
 
-    def ours():
-        prop = LabelPropagator(enc, device=dev)
+    def ours(cache_mb: float = 2048, key: str = "ours"):
+        prop = LabelPropagator(enc, device=dev, region_cache_mb=cache_mb)
         prop.step(video[0], first)
         for f in video[1:]:
-            last["ours"] = prop.step(f)
+            last[key] = prop.step(f)
 
     ours()  # warm-up (allocations, kernels)
     secs, peak = _time(ours, dev)
     rows.append({"impl": "ours (streaming)", "frames": frames, "fps": frames / secs, "seconds": secs, "peak_gib": peak, "max_frames": "unbounded (context only)"})
+    secs_b, peak_b = _time(lambda: ours(0, "baseline"), dev)
+    diff_b = (last["ours"] - last["baseline"]).abs().amax(0)
+    rows.append({"impl": "ours, regions cut every frame (earlier code)", "frames": frames, "fps": frames / secs_b, "seconds": secs_b,
+                 "peak_gib": peak_b, "max_frames": "unbounded (context only)", "max_diff": float(diff_b.max()),
+                 "cells_differing": float((diff_b > 1e-3).float().mean())})  # fmt: skip
     if not skip_dense:
         secs_d, peak_d = _time(lambda: last.update(dense=dense_propagation(video, first, enc)[-1]), dev)
         # the same protocol, so the same labels, up to float rounding: that can reorder two nearly
         # tied candidates at the top-k boundary, which changes a cell's labels outright
         diff = (last["ours"] - last["dense"]).abs().amax(0)
-        rows[0]["max_diff"] = float(diff.max())
+        rows[0]["max_diff"] = float(diff.max())  # against dense
         rows[0]["cells_differing"] = float((diff > 1e-3).float().mean())
         per_frame = 256 * h * w * 4 / 2**30  # GiB of features the dense version keeps per frame
         total = torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else None
@@ -106,15 +117,19 @@ def run_propagate_benchmark(*, frames: int, height: int, width: int, n_objects: 
     return rows
 
 
-def format_rows(rows: list[dict], *, device: str, height: int, width: int) -> str:
+def format_rows(rows: list[dict], *, device: str, height: int, width: int, encoder: str = "crw") -> str:
     base = next((r for r in rows if r["impl"] == "dense affinity"), None)
-    out = [f"label propagation, CRW protocol, {height}x{width}, stride 8, 256-d, on {device}",
-           "| implementation | frames | frames/s | vs dense | peak GPU GiB | longest video | cells differing |", "|---|---|---|---|---|---|---|"]
+    earlier = next((r for r in rows if r["impl"].startswith("ours, regions")), None)
+    arch = "CRW encoder, stride 8, 256-d" if encoder == "crw" else "CorrFlow encoder, stride 4, 64-d"
+    out = [f"label propagation, CRW protocol, {height}x{width}, {arch}, on {device}",
+           "| implementation | frames | frames/s | vs dense | vs earlier code | peak GPU GiB | longest video | cells differing (vs dense / vs ours) |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         ratio = f"{r['fps'] / base['fps']:.1f}x" if base else "-"
+        ratio_e = f"{r['fps'] / earlier['fps']:.2f}x" if earlier else "-"
         peak = "-" if r["peak_gib"] != r["peak_gib"] else f"{r['peak_gib']:.2f}"  # NaN off-GPU
         diff = f"{r['cells_differing']:.2%} (max {r['max_diff']:.1e})" if "max_diff" in r else "-"
-        out.append(f"| {r['impl']} | {r['frames']} | {r['fps']:.2f} | {ratio} | {peak} | {r['max_frames']} | {diff} |")
+        out.append(f"| {r['impl']} | {r['frames']} | {r['fps']:.2f} | {ratio} | {ratio_e} | {peak} | {r['max_frames']} | {diff} |")
     return "\n".join(out)
 
 
@@ -126,10 +141,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--objects", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-dense", action="store_true")
+    p.add_argument("--encoder", choices=("crw", "corrflow"), default="crw", help="crw: 256-d at stride 8; corrflow: 64-d at stride 4")
     a = p.parse_args(argv)
     frames = a.frames or (100 if a.device.startswith("cuda") else 6)
-    rows = run_propagate_benchmark(frames=frames, height=a.height, width=a.width, n_objects=a.objects, device=a.device, skip_dense=a.skip_dense)
-    print(format_rows(rows, device=a.device, height=a.height, width=a.width))
+    rows = run_propagate_benchmark(frames=frames, height=a.height, width=a.width, n_objects=a.objects, device=a.device,
+                                   skip_dense=a.skip_dense, encoder=a.encoder)  # fmt: skip
+    print(format_rows(rows, device=a.device, height=a.height, width=a.width, encoder=a.encoder))
     return rows
 
 

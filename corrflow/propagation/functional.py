@@ -22,7 +22,10 @@ from torch import Tensor
 from corrflow.attention.functional import attention_in_float32
 from corrflow.attention.tiled import key_region_view, tile_queries
 
-__all__ = ["WINDOWS", "context_indices", "mixed_context_attention", "onehot_argmax", "window_mask", "window_reach"]
+__all__ = [
+    "WINDOWS", "context_indices", "frame_regions", "mixed_context_attention", "mixed_context_attention_regions", "onehot_argmax",
+    "window_mask", "window_reach",
+]  # fmt: skip
 
 
 def context_indices(t: int, *, n_recent: int, first: int = 0, global_first: bool = True) -> list[int]:
@@ -271,3 +274,112 @@ def _softmax_combine(parts: list[Tensor], v0: Tensor, v_reg: Tensor | None, *, t
         num = num + torch.matmul(el, v_reg).view(b, nq, -1)
         den = den + el.sum(-1).view(b, nq, 1)
     return num / den
+
+
+def frame_regions(x: Tensor, reach: int, tile: int) -> Tensor:
+    """(B, C, H, W) -> (B, nTiles, S*S, C), contiguous: each tile's key region (the tile grown by
+    ``reach`` on every side, zero outside the frame), laid out once so that every later query frame
+    reads it with a plain batched matrix multiply (a frame stays in the CRW context for 20 frames)."""
+    b, c = x.shape[:2]
+    v = key_region_view(x, reach, tile)  # (B, C, nTy, nTx, S, S)
+    return v.permute(0, 2, 3, 4, 5, 1).reshape(b, v.shape[2] * v.shape[3], v.shape[4] * v.shape[5], c).contiguous()
+
+
+@attention_in_float32
+def mixed_context_attention_regions(
+    query: Tensor,
+    first_key: Tensor,
+    first_value: Tensor,
+    key_regions: list[Tensor],
+    value_regions: list[Tensor],
+    *,
+    radius: int,
+    temperature: float,
+    topk: int,
+    tile: int = 8,
+    window: str = "square",
+    max_logits: int = 1 << 24,
+) -> Tensor:
+    """:func:`mixed_context_attention` with a top-k, reading each recent frame's key regions as laid
+    out once by :func:`frame_regions` instead of cutting them out of every frame again.
+
+    The candidates, the logits and the kept ``topk`` are those of :func:`mixed_context_attention`
+    (the k best of the union are among the k best of each frame and of the global part, so each
+    frame's top-k is taken alone and the survivors merged: no logit row longer than one frame's
+    S*S is sorted, and no (R * S*S)-long copy is made per query frame).
+
+    Args:
+        query: (B, C, H, W) target features.
+        first_key, first_value: (B, C, H, W') and (B, D, H, W') of the frames seen whole, side by
+            side along the width (W' = G * W; :func:`mixed_context_attention` lays G frames out so).
+        key_regions, value_regions: one (B, nTiles, S*S, C) and (B, nTiles, S*S, D) per recent frame
+            (:func:`frame_regions` of its features and labels with ``window_reach(radius, window)``
+            and ``tile``); a frame may appear several times (the padded start) as the same tensor.
+        radius, window, tile: as :func:`mixed_context_attention`; ``tile`` must be the regions'.
+        topk: the candidates kept per target (required: without a top-k use :func:`mixed_context_attention`).
+
+    Returns:
+        (B, D, H, W) propagated labels.
+    """
+    b, c, h, w = query.shape
+    d = first_value.shape[1]
+    if first_key.shape[:3] != (b, c, h) or first_value.shape[0] != b or first_value.shape[-1] != first_key.shape[-1]:
+        raise ValueError(f"first_key {tuple(first_key.shape)} / first_value {tuple(first_value.shape)} do not match query {tuple(query.shape)}")
+    if topk is None or topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if len(key_regions) != len(value_regions):
+        raise ValueError(f"{len(key_regions)} key regions but {len(value_regions)} value regions")
+    reach = window_reach(radius, window)
+    s = tile + 2 * reach
+    ss, tt = s * s, tile * tile
+    nty, ntx = -(-h // tile), -(-w // tile)
+    for kr, vr in zip(key_regions, value_regions, strict=True):
+        if kr.shape != (b, nty * ntx, ss, c) or vr.shape != (b, nty * ntx, ss, d):
+            raise ValueError(
+                f"regions must be ({b}, {nty * ntx}, {ss}, {c}) and ({b}, {nty * ntx}, {ss}, {d}) for tile {tile} and "
+                f"reach {reach}, got {tuple(kr.shape)} and {tuple(vr.shape)}"
+            )
+    q_tiles = tile_queries(query, tile)  # (B, nTy, nTx, TT, C)
+    k0 = first_key.flatten(2)  # (B, C, HW')
+    v0 = first_value.flatten(2).transpose(1, 2)  # (B, HW', D)
+    hw0 = k0.shape[-1]
+    # the distinct frames (the padded start repeats one): each frame's top-k once, reused
+    distinct: dict[int, int] = {}
+    for kr in key_regions:
+        distinct.setdefault(id(kr), len(distinct))
+    slots = [distinct[id(kr)] for kr in key_regions]
+    uniq = {distinct[id(kr)]: (kr, vr) for kr, vr in zip(key_regions, value_regions)}
+    per_row = ntx * tt * (hw0 + len(uniq) * ss)
+    rows_per_chunk = max(1, max_logits // max(per_row, 1))
+    out_rows = []
+    for y0 in range(0, nty, rows_per_chunk):
+        rows = range(y0, min(nty, y0 + rows_per_chunk))
+        n = len(rows) * ntx
+        t0, t1 = rows.start * ntx, rows.stop * ntx
+        q = q_tiles[:, rows.start : rows.stop].reshape(b, n * tt, c) / temperature  # (B, nQ, C)
+        gl = torch.bmm(q, k0)  # (B, nQ, HW') global logits
+        gv, gi = gl.topk(min(topk, hw0), dim=-1)
+        del gl
+        cand = [gv]
+        vals = [torch.gather(v0[:, None].expand(b, n * tt, hw0, d), 2, gi[..., None].expand(*gi.shape, d))]
+        if uniq:
+            allowed = window_mask(h, w, radius, tile, rows, str(query.device), window)  # (n, TT, SS)
+            bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+            qn = q.view(b, n, tt, c)
+            best: dict[int, tuple[Tensor, Tensor]] = {}
+            for slot, (kr, vr) in uniq.items():
+                ll = torch.matmul(qn, kr[:, t0:t1].transpose(-1, -2)).add_(bias)  # (B, n, TT, SS)
+                lv, li = ll.topk(min(topk, ss), dim=-1)  # (B, n, TT, k)
+                lval = torch.gather(vr[:, t0:t1], 2, li.reshape(b, n, -1)[..., None].expand(b, n, li.shape[2] * li.shape[3], d))
+                best[slot] = (lv.reshape(b, n * tt, -1), lval.view(b, n * tt, -1, d))
+            for slot in slots:  # every context entry, the padded repeats included (as the dense op sees them)
+                cand.append(best[slot][0])
+                vals.append(best[slot][1])
+        cand_v, vals_t = torch.cat(cand, dim=-1), torch.cat(vals, dim=2)  # (B, nQ, K), (B, nQ, K, D)
+        sel_v, sel_i = cand_v.topk(topk, dim=-1)
+        wts = torch.softmax(sel_v, dim=-1)  # (B, nQ, k)
+        sel = torch.gather(vals_t, 2, sel_i[..., None].expand(*sel_i.shape, d))
+        out_rows.append((wts[..., None] * sel).sum(2).view(b, len(rows), ntx, tt, d))
+    out = torch.cat(out_rows, dim=1)  # (B, nTy, nTx, TT, D)
+    out = out.view(b, nty, ntx, tile, tile, d).permute(0, 5, 1, 3, 2, 4).reshape(b, d, nty * tile, ntx * tile)
+    return out[:, :, :h, :w]

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from corrflow.attention import restricted_attention
-from corrflow.propagation.functional import mixed_context_attention, onehot_argmax, window_reach
+from corrflow.propagation.functional import (
+    frame_regions,
+    mixed_context_attention,
+    mixed_context_attention_regions,
+    onehot_argmax,
+    window_reach,
+)
 from corrflow.propagation.labels import pad_to_stride
 
 __all__ = ["LabelPropagator"]
@@ -49,6 +55,14 @@ class LabelPropagator:
         feedback: 'soft' (the soft prediction becomes context) or 'argmax' (its one-hot).
         normalize: L2-normalise features over channels.
         backend: restricted-attention backend for the windowed-only case.
+        region_cache_mb: the CRW context with a top-k (a global first frame, recent frames and
+            ``topk``) lays each recent frame's key and label regions out once, when it enters the
+            context, and reads them for the 20 frames it stays there
+            (:func:`~corrflow.propagation.functional.mixed_context_attention_regions`: the same
+            candidates and top-k, without cutting the regions out again every frame); this bounds
+            the memory that takes, in MiB (about 16x the features of the distinct recent frames).
+            Past it, or at 0, every frame's regions are cut afresh
+            (:func:`~corrflow.propagation.functional.mixed_context_attention`).
         device: where features and labels live.
         harden: what 'argmax' feed-back means for these labels, (1, D, h, w) -> (1, D, h, w);
             default :func:`onehot_argmax` over channels (masks). Keypoint heat maps pass their own
@@ -68,6 +82,7 @@ class LabelPropagator:
         feedback: str = "soft",
         normalize: bool = True,
         backend: str = "auto",
+        region_cache_mb: float = 2048,
         device: torch.device | str = "cpu",
         harden: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
@@ -94,6 +109,7 @@ class LabelPropagator:
         self.feedback = feedback
         self.normalize = normalize
         self.backend = backend
+        self.region_cache_mb = float(region_cache_mb)
         self.device = torch.device(device)
         self.harden = harden or onehot_argmax
         self.reset()
@@ -103,6 +119,7 @@ class LabelPropagator:
         self._first: tuple[Tensor, Tensor] | None = None  # (features (1,C,h,w), labels (1,D,h,w))
         self._joined: list[tuple[int, Tensor, Tensor]] = []  # frames where objects joined: (index, features, labels)
         self._recent: deque[tuple[int, Tensor, Tensor]] = deque(maxlen=self.n_recent)
+        self._regions: dict[int, tuple[Tensor, Tensor]] = {}  # frame index -> its laid-out (key, label) regions
         self._t = 0
 
     @property
@@ -194,6 +211,7 @@ class LabelPropagator:
         self._first = (self._first[0], pad(self._first[1]))
         self._joined = [(i, f, pad(v)) for i, f, v in self._joined]
         self._recent = deque(((i, f, pad(v)) for i, f, v in self._recent), maxlen=self.n_recent)
+        self._regions.clear()  # the labels grew channels
         if self.global_first:
             self._joined.append((self._t, feats, labels))
         self._remember(feats, labels)
@@ -205,6 +223,9 @@ class LabelPropagator:
                 self._recent.extend((self._t, feats, labels) for _ in range(self.n_recent))
             else:
                 self._recent.append((self._t, feats, labels))
+                if self._regions:  # drop the laid-out regions of the frame that left the context
+                    live = {i for i, _, _ in self._recent}
+                    self._regions = {k: v for k, v in self._regions.items() if k in live}
         self._t += 1
 
     def _propagate(self, query: Tensor) -> Tensor:
@@ -216,6 +237,8 @@ class LabelPropagator:
         else:
             keys = query.new_zeros((1, 0, *query.shape[1:]))
             values = first_labels.new_zeros((1, 0, *first_labels.shape[1:]))
+        if self.global_first and self.topk is not None and self.n_recent and not self._joined and self._fits_region_cache(query):
+            return self._propagate_regions(query, first_feats, first_labels)
         if self.global_first:
             if self._joined:  # the first frame and the frames where objects joined, all seen whole
                 first_feats = torch.stack([first_feats[0], *(f[0] for _, f, _ in self._joined)])[None]  # (1, G, C, h, w)
@@ -227,3 +250,32 @@ class LabelPropagator:
         return restricted_attention(
             query, keys, values, radius=self.radius, temperature=self.temperature, topk=self.topk, backend=self.backend
         )
+
+    # -- the CRW context with each recent frame's regions laid out once -------------------------
+    _TILE = 8
+
+    def _fits_region_cache(self, query: Tensor) -> bool:
+        if self.region_cache_mb <= 0:
+            return False
+        reach = window_reach(self.radius, self.window)
+        h, w = query.shape[-2:]
+        n_tiles = -(-h // self._TILE) * -(-w // self._TILE)
+        d = self._first[1].shape[1]
+        per_frame = n_tiles * (self._TILE + 2 * reach) ** 2 * (query.shape[1] + d) * query.element_size()
+        return per_frame * (self.n_recent + 1) <= self.region_cache_mb * 2**20
+
+    def _propagate_regions(self, query: Tensor, first_feats: Tensor, first_labels: Tensor) -> Tensor:
+        reach = window_reach(self.radius, self.window)
+        live = {i for i, _, _ in self._recent}
+        self._regions = {k: v for k, v in self._regions.items() if k in live}  # frames that left the context
+        keys, values = [], []
+        for i, f, v in self._recent:  # the padded start repeats one frame (one index): laid out once
+            if i not in self._regions:
+                self._regions[i] = (frame_regions(f, reach, self._TILE), frame_regions(v, reach, self._TILE))
+            kr, vr = self._regions[i]
+            keys.append(kr)
+            values.append(vr)
+        return mixed_context_attention_regions(
+            query, first_feats, first_labels, keys, values,
+            radius=self.radius, temperature=self.temperature, topk=self.topk, tile=self._TILE, window=self.window,
+        )  # fmt: skip
