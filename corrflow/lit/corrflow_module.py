@@ -139,8 +139,14 @@ class CorrFlowLitModule(pl.LightningModule):
         base = self.monitor_dir or Path(self.trainer.default_root_dir) / "heldout"
         return base / "results"
 
+    def _skip_validation(self) -> bool:
+        """A run stopping early (Ctrl-C, ``trainer.should_stop``) makes Lightning validate once more
+        before it ends: not a scheduled point of the monitor, and minutes before the prompt."""
+        return bool(self.trainer.training or self.trainer.state.fn == "fit") and self.trainer.should_stop
+
     def on_validation_epoch_start(self) -> None:
-        if self.monitor is None:
+        self._val_skipped = self._skip_validation()
+        if self.monitor is None or self._val_skipped:
             return
         if self.trainer.is_global_zero:
             HeldOutPropagation.clear(self._monitor_results())
@@ -152,12 +158,14 @@ class CorrFlowLitModule(pl.LightningModule):
         with the encoder as it is now (eval mode)."""
         if self.monitor is None:
             raise RuntimeError("a validation set was given (data.val_root) but the model has no monitor (model.monitor)")
+        if self._val_skipped:
+            return
         video = self.trainer.datamodule.val_set[int(index)]
         self.monitor.propagate(self.net.encoder, video, self._monitor_results())
 
     def on_validation_epoch_end(self) -> None:
         """Score every held-out video (each rank wrote its share) and log ``val/J&F``, ``val/J``, ``val/F``."""
-        if self.monitor is None or self.trainer.sanity_checking:
+        if self.monitor is None or self.trainer.sanity_checking or getattr(self, "_val_skipped", False):
             return
         self.trainer.strategy.barrier("corrflow.heldout.end")
         dataset = self.trainer.datamodule.val_set
