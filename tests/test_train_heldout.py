@@ -153,3 +153,31 @@ def test_without_a_heldout_split_nothing_is_validated(tiny_train_cfg) -> None:
     assert "val/J&F" not in read_metrics_csv(*run_metrics_csvs(out))
     assert not (out / "checkpoints" / "best.ckpt").exists()
     assert not (out / "heldout").exists()
+
+
+def test_a_run_stopped_early_is_not_validated_again(tiny_train_cfg, heldout_root: Path) -> None:
+    """Lightning validates once more when a run stops early (``trainer.should_stop``, as Ctrl-C
+    sets it); the monitor skips that pass: only its scheduled points are scored."""
+    cfg = tiny_train_cfg(
+        f"data.val_root={heldout_root}", "data.val_short_side=24", "monitor.every_n_steps=2", "trainer.max_steps=10",
+        "trainer.max_epochs=100", "+callbacks.stop._target_=tests.test_train_heldout.StopAt3Callback",
+    )  # fmt: skip
+    _, objs = train(cfg)
+    assert objs["trainer"].global_step == 3
+    out = Path(cfg.paths.output_dir)
+    assert [st for st, _ in read_heldout_scores(out / "heldout")] == [0, 2]
+    assert [st for st, _ in read_metrics_csv(*run_metrics_csvs(out))["val/J&F"]] == [0, 2]
+
+
+class StopAt3Callback:
+    """A Lightning callback (built by Hydra from the test's config) that stops the run after step 3."""
+
+    def __new__(cls):
+        import pytorch_lightning as pl
+
+        class _Stop(pl.Callback):
+            def on_train_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step == 3:
+                    trainer.should_stop = True
+
+        return _Stop()
