@@ -63,6 +63,18 @@ def _legend(ax, **kwargs) -> None:
         ax.legend(**kwargs)
 
 
+def _save(fig, out_png: str | os.PathLike) -> Path:
+    """Lay out, write (its folder made) and close a figure; returns the PNG's path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def read_heldout_scores(folder: str | os.PathLike, key: str = "val/J&F") -> list[tuple[int, float]]:
     """``[(step, score)]`` from a held-out folder: ``<folder>/step<N>/`` each holding an official
     ``global_results-*.csv`` (directly or one level down, as ``tools/propagate.py`` writes them under
@@ -108,12 +120,7 @@ def plot_heldout_curves(
     ax.set(xlabel="training step", ylabel=key, title=title or f"held-out {key}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def plot_training_curves(
@@ -162,9 +169,4 @@ def plot_training_curves(
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
