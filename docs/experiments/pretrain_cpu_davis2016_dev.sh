@@ -32,13 +32,37 @@ if [[ " $PHASES " == *" train "* ]]; then
   wait
 fi
 
-# The CorrFlow protocol on the same resized held-out copy, for every kept checkpoint (and the start).
+COPY=$(find .cache/heldout -maxdepth 1 -name 'davis2016-dev-s160-*' 2>/dev/null | head -n 1)
+run_propagate() {  # <output dir> <overrides...>: label propagation on the monitor's resized copy
+  local out=$1; shift
+  [[ -f "$out/scores/global_results-val.csv" ]] || python tools/propagate.py task=davis2016 data.root="$COPY" \
+    progress=false overlay=null output_dir="$out" "$@" > /dev/null
+}
+
+# The CorrFlow protocol on the same resized held-out copy, for every kept checkpoint (and the
+# untrained start), and the reference lines: Lab and ImageNet Lite0 under both protocols.
 if [[ " $PHASES " == *" score "* ]]; then
-  COPY=$(ls -d .cache/heldout/davis2016-dev-s160-* | head -n 1)
   for init in $INITS; do
-    for ckpt in "$OUT/$init"/checkpoints/step*.ckpt; do
-      python tools/propagate.py task=davis2016 data.root="$COPY" features=checkpoint ckpt="$ckpt" protocol=corrflow \
-        progress=false overlay=null output_dir="$OUT/score_corrflow/$init/$(basename "$ckpt" .ckpt)" > /dev/null
+    run_propagate "$OUT/$init/heldout_corrflow/step0000000" features=random features.extractor.init=$init protocol=corrflow
+    set +f
+    ckpts=("$OUT/$init"/checkpoints/step*.ckpt)
+    set -f
+    for ckpt in "${ckpts[@]}"; do
+      [[ -f "$ckpt" ]] || continue
+      run_propagate "$OUT/$init/heldout_corrflow/$(basename "$ckpt" .ckpt)" features=checkpoint ckpt="$ckpt" protocol=corrflow
     done
   done
+  for f in lab imagenet; do for p in crw corrflow; do run_propagate "$OUT/ref/${f}_$p" features=$f protocol=$p; done; done
+fi
+
+if [[ " $PHASES " == *" plot "* ]]; then
+  ref() { tail -n 1 "$OUT/ref/$1/scores/global_results-val.csv" | cut -d, -f1; }
+  for p in crw corrflow; do
+    dir=heldout; [[ $p == corrflow ]] && dir=heldout_corrflow
+    python tools/plot_training.py $(for i in $INITS; do echo "$OUT/$i"; done) --heldout --heldout-dir $dir \
+      --labels $(for i in $INITS; do echo "corrflow_cpu,init=$i"; done) \
+      --ref "Lab=$(ref lab_$p)" --ref "ImageNet Lite0=$(ref imagenet_$p)" \
+      --title "held-out J&F (5 DAVIS-2016 dev sequences, short side 160), $p protocol" -o "$OUT/heldout_$p.png"
+  done
+  for i in $INITS; do python tools/plot_training.py "$OUT/$i" -o "$OUT/curves_$i.png"; done
 fi
