@@ -6,14 +6,17 @@
 # thread each); then scores every kept checkpoint under the CorrFlow protocol too, and draws the curves.
 #
 #   bash docs/experiments/pretrain_cpu_davis2016_dev.sh [DATA=../shared/data] [OUT=logs/pretrain_cpu] [STEPS=700]
-#   PHASES="train" / "score" / "plot" runs a part (default: all three).
+#   PHASES="train" / "score" / "plot" / "final" runs a part (default: train score plot final).
+#   final: the best checkpoint (checkpoints/best.ckpt of the release-init run) and its untrained
+#   start under the CRW protocol at short side 240 (the transfer to a larger scale), and the flow
+#   end-point error of the README's motion section.
 set -euo pipefail
 set -f  # the [a,b] Hydra lists below are not globs
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-logs/pretrain_cpu}
 STEPS=${STEPS:-700}
 INITS=${INITS:-"pytorch torchvision"}
-PHASES=${PHASES:-"train score plot"}
+PHASES=${PHASES:-"train score plot final"}
 TEST='[car-shadow,drift-chicane,kite-surf,libby,scooter-black]'
 DAVIS="$(cd "$DATA/davis2016-dev" && pwd)"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -65,4 +68,21 @@ if [[ " $PHASES " == *" plot "* ]]; then
       --title "held-out J&F (5 DAVIS-2016 dev sequences, short side 160), $p protocol" -o "$OUT/heldout_$p.png"
   done
   for i in $INITS; do python tools/plot_training.py "$OUT/$i" -o "$OUT/curves_$i.png"; done
+fi
+
+if [[ " $PHASES " == *" final "* ]]; then
+  BEST="$OUT/pytorch/checkpoints/best.ckpt"
+  COPY240=$(python -c "from corrflow.data.davis_resized import resized_davis as r; print(r('$DAVIS', '.cache/heldout/davis2016-dev-test-s240', short_side=240, sequences='$TEST'.strip('[]').split(',')).root)")
+  at240() {  # <name> <overrides...>: CRW label propagation on the test sequences at short side 240
+    local name=$1; shift
+    [[ -f "$OUT/final240_$name/scores/global_results-val.csv" ]] || python tools/propagate.py task=davis2016 \
+      data.root="$COPY240" protocol=crw progress=false overlay=null output_dir="$OUT/final240_$name" "$@" > /dev/null
+  }
+  at240 random features=random features.extractor.init=pytorch &
+  at240 checkpoint features=checkpoint ckpt="$BEST" &
+  python tools/benchmark.py flow epe --frames "$DAVIS/JPEGImages/480p" --every 20 --limit 20 --features random checkpoint \
+    --ckpt "$BEST" > "$OUT/flow_epe.txt"
+  wait
+  for f in random checkpoint; do printf '%s ' "$f"; tail -n 1 "$OUT/final240_$f/scores/global_results-val.csv"; done
+  cat "$OUT/flow_epe.txt"
 fi
