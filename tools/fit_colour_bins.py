@@ -17,10 +17,10 @@ from corrflow.utils.cli import discard_unused_run_dir, user_errors
 from corrflow.utils.help import register_help_resolver
 from corrflow.utils.pylogger import setup_logging
 
-register_help_resolver()  # the training config's `--help` (conf/hydra/train.yaml) lists its config groups
+register_help_resolver()  # `--help` (conf/fit_colour_bins.yaml) lists its config groups
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="fit_colour_bins", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
     setup_logging()

@@ -43,3 +43,20 @@ class EpochProgressBar(TQDMProgressBar):
         bar.reset(total=convert_inf(self.total_train_batches))
         bar.initial = bar.n = batch_idx  # the batches of this epoch done before the resume
         bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A run that ends by an exception (a NaN loss, Ctrl-C's abort) closes its bars now, so that
+        no half-drawn bar is printed later, when the interpreter exits."""
+        super().on_exception(trainer, pl_module, exception)
+        for name in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar"):
+            bar = getattr(self, name, None)
+            if bar is not None:
+                bar.close()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Also at the end of a run stopped early (``should_stop``), whose epoch never ended."""
+        super().teardown(trainer, pl_module, stage)
+        for name in ("_train_progress_bar", "_val_progress_bar"):
+            bar = getattr(self, name, None)
+            if bar is not None and not getattr(bar, "disable", True):
+                bar.close()
