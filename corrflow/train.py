@@ -240,12 +240,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     prepare_colour_bins(cfg, datamodule)
     model = hydra.utils.instantiate(cfg.model)
     held_out = bool(getattr(datamodule, "has_val", False))
-    if not held_out and cfg.get("callbacks") and "best_checkpoint" in cfg.callbacks:
+    if not held_out:  # no held-out split: no validation loop, nothing to rank checkpoints by
         with open_dict(cfg):
-            cfg.callbacks.best_checkpoint = None  # nothing to rank checkpoints by
-    if not held_out:
-        with open_dict(cfg):
-            cfg.trainer.limit_val_batches = 0  # no held-out split: no validation loop at all
+            cfg.trainer.limit_val_batches = 0
+            if cfg.get("callbacks") and "best_checkpoint" in cfg.callbacks:
+                cfg.callbacks.best_checkpoint = None
     trainer, callbacks = build_trainer(cfg)
 
     fit_logging_interval(trainer, datamodule)

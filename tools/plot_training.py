@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 
 from corrflow.utils.cli import user_errors
-from corrflow.utils.plots import plot_heldout_curves, plot_training_curves, read_heldout_scores, read_metrics_csv, run_metrics_csvs
+from corrflow.utils.plots import (
+    plot_heldout_curves,
+    plot_training_curves,
+    read_heldout_scores,
+    read_metrics_csv,
+    run_metrics_csvs,
+)
 
 
 def _csvs(run: Path) -> list[Path]:
@@ -52,7 +58,7 @@ def main(argv=None) -> int:
             raise ValueError("--heldout needs -o/--out")
         refs = dict(_reference(r) for r in a.ref)
         series = {}
-        for label, run in zip(labels, runs):
+        for label, run in zip(labels, runs, strict=True):
             folder = run / a.heldout_dir
             if folder.is_dir():
                 series[label] = read_heldout_scores(folder, a.key)

@@ -225,7 +225,43 @@ def mixed_context_attention(
         else:
             res = _softmax_combine(parts, v0, vc, tile_queries=tt)
         out_rows.append(res.view(b, len(rows), ntx, tt, d))
+    return _untile(out_rows, h, w, tile)
+
+
+def _global_candidates(logits: Tensor, v0: Tensor, topk: int) -> tuple[Tensor, Tensor]:
+    """The ``topk`` best of (B, nQ, HW) logits over frames every query sees whole, and their labels
+    from (B, HW, D) ``v0``: (B, nQ, k) and (B, nQ, k, D)."""
+    b, nq, hw = logits.shape
+    d = v0.shape[-1]
+    gv, gi = logits.topk(min(topk, hw), dim=-1)
+    return gv, torch.gather(v0[:, None].expand(b, nq, hw, d), 2, gi[..., None].expand(*gi.shape, d))
+
+
+def _tile_candidates(logits: Tensor, v_tiles: Tensor, topk: int) -> tuple[Tensor, Tensor]:
+    """The ``topk`` best of (B, n, TT, K) logits of each tile's queries over that tile's K keys, and
+    their labels from (B, n, K, D) ``v_tiles``: (B, n * TT, k) and (B, n * TT, k, D)."""
+    b, n, tt, k = logits.shape
+    d = v_tiles.shape[-1]
+    lv, li = logits.topk(min(topk, k), dim=-1)  # (B, n, TT, k1)
+    li = li.reshape(b, n, tt * li.shape[-1])
+    lval = torch.gather(v_tiles, 2, li[..., None].expand(*li.shape, d))  # (B, n, TT*k1, D)
+    return lv.reshape(b, n * tt, -1), lval.view(b, n * tt, -1, d)
+
+
+def _merge_candidates(cand: list[Tensor], vals: list[Tensor], topk: int) -> Tensor:
+    """Exactly the ``topk`` best of all candidates ((B, nQ, k_i) logits, (B, nQ, k_i, D) labels),
+    softmax-weighted: (B, nQ, D)."""
+    cand_v, vals_t = torch.cat(cand, dim=-1), torch.cat(vals, dim=2)
+    sel_v, sel_i = cand_v.topk(topk, dim=-1)
+    w = torch.softmax(sel_v, dim=-1)  # (B, nQ, k)
+    sel = torch.gather(vals_t, 2, sel_i[..., None].expand(*sel_i.shape, vals_t.shape[-1]))  # (B, nQ, k, D)
+    return (w[..., None] * sel).sum(2)
+
+
+def _untile(out_rows: list[Tensor], h: int, w: int, tile: int) -> Tensor:
+    """Per-chunk (B, rows, nTx, TT, D) results -> (B, D, H, W)."""
     out = torch.cat(out_rows, dim=1)  # (B, nTy, nTx, TT, D)
+    b, nty, ntx, _, d = out.shape
     out = out.view(b, nty, ntx, tile, tile, d).permute(0, 5, 1, 3, 2, 4).reshape(b, d, nty * tile, ntx * tile)
     return out[:, :, :h, :w]
 
@@ -243,23 +279,14 @@ def _topk_combine(parts: list[Tensor], v0: Tensor, v_reg: Tensor | None, *, topk
     Returns:
         (B, nQ, D).
     """
-    b, nq, _ = parts[0].shape
-    d = v0.shape[-1]
-    gv, gi = parts[0].topk(min(topk, parts[0].shape[-1]), dim=-1)  # (B, nQ, k0)
-    vals = [torch.gather(v0[:, None].expand(b, nq, *v0.shape[1:]), 2, gi[..., None].expand(*gi.shape, d))]
-    cand = [gv]
+    gv, gval = _global_candidates(parts[0], v0, topk)
+    cand, vals = [gv], [gval]
     if v_reg is not None:
-        n = v_reg.shape[1]
-        lv, li = parts[1].topk(min(topk, parts[1].shape[-1]), dim=-1)  # (B, nQ, k1)
-        li = li.view(b, n, tile_queries * li.shape[-1])
-        lval = torch.gather(v_reg, 2, li[..., None].expand(*li.shape, d))  # (B, n, TT*k1, D)
-        vals.append(lval.view(b, nq, -1, d))
+        b, n = v_reg.shape[:2]
+        lv, lval = _tile_candidates(parts[1].view(b, n, tile_queries, -1), v_reg, topk)
         cand.append(lv)
-    cand_v, vals_t = torch.cat(cand, dim=-1), torch.cat(vals, dim=2)  # (B, nQ, 2k), (B, nQ, 2k, D)
-    sel_v, sel_i = cand_v.topk(topk, dim=-1)
-    w = torch.softmax(sel_v, dim=-1)  # (B, nQ, k)
-    sel = torch.gather(vals_t, 2, sel_i[..., None].expand(*sel_i.shape, d))  # (B, nQ, k, D)
-    return (w[..., None] * sel).sum(2)
+        vals.append(lval)
+    return _merge_candidates(cand, vals, topk)
 
 
 def _softmax_combine(parts: list[Tensor], v0: Tensor, v_reg: Tensor | None, *, tile_queries: int) -> Tensor:
@@ -348,7 +375,7 @@ def mixed_context_attention_regions(
     for kr in key_regions:
         distinct.setdefault(id(kr), len(distinct))
     slots = [distinct[id(kr)] for kr in key_regions]
-    uniq = {distinct[id(kr)]: (kr, vr) for kr, vr in zip(key_regions, value_regions)}
+    uniq = {distinct[id(kr)]: (kr, vr) for kr, vr in zip(key_regions, value_regions, strict=True)}
     per_row = ntx * tt * (hw0 + len(uniq) * ss)
     rows_per_chunk = max(1, max_logits // max(per_row, 1))
     out_rows = []
@@ -357,29 +384,18 @@ def mixed_context_attention_regions(
         n = len(rows) * ntx
         t0, t1 = rows.start * ntx, rows.stop * ntx
         q = q_tiles[:, rows.start : rows.stop].reshape(b, n * tt, c) / temperature  # (B, nQ, C)
-        gl = torch.bmm(q, k0)  # (B, nQ, HW') global logits
-        gv, gi = gl.topk(min(topk, hw0), dim=-1)
-        del gl
-        cand = [gv]
-        vals = [torch.gather(v0[:, None].expand(b, n * tt, hw0, d), 2, gi[..., None].expand(*gi.shape, d))]
+        gv, gval = _global_candidates(torch.bmm(q, k0), v0, topk)  # from (B, nQ, HW') global logits
+        cand, vals = [gv], [gval]
         if uniq:
             allowed = window_mask(h, w, radius, tile, rows, str(query.device), window)  # (n, TT, SS)
             bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
             qn = q.view(b, n, tt, c)
-            best: dict[int, tuple[Tensor, Tensor]] = {}
-            for slot, (kr, vr) in uniq.items():
-                ll = torch.matmul(qn, kr[:, t0:t1].transpose(-1, -2)).add_(bias)  # (B, n, TT, SS)
-                lv, li = ll.topk(min(topk, ss), dim=-1)  # (B, n, TT, k)
-                lval = torch.gather(vr[:, t0:t1], 2, li.reshape(b, n, -1)[..., None].expand(b, n, li.shape[2] * li.shape[3], d))
-                best[slot] = (lv.reshape(b, n * tt, -1), lval.view(b, n * tt, -1, d))
+            best = {  # each distinct frame's top-k, once: (B, nQ, k) logits and (B, nQ, k, D) labels
+                slot: _tile_candidates(torch.matmul(qn, kr[:, t0:t1].transpose(-1, -2)).add_(bias), vr[:, t0:t1], topk)
+                for slot, (kr, vr) in uniq.items()
+            }
             for slot in slots:  # every context entry, the padded repeats included (as the dense op sees them)
                 cand.append(best[slot][0])
                 vals.append(best[slot][1])
-        cand_v, vals_t = torch.cat(cand, dim=-1), torch.cat(vals, dim=2)  # (B, nQ, K), (B, nQ, K, D)
-        sel_v, sel_i = cand_v.topk(topk, dim=-1)
-        wts = torch.softmax(sel_v, dim=-1)  # (B, nQ, k)
-        sel = torch.gather(vals_t, 2, sel_i[..., None].expand(*sel_i.shape, d))
-        out_rows.append((wts[..., None] * sel).sum(2).view(b, len(rows), ntx, tt, d))
-    out = torch.cat(out_rows, dim=1)  # (B, nTy, nTx, TT, D)
-    out = out.view(b, nty, ntx, tile, tile, d).permute(0, 5, 1, 3, 2, 4).reshape(b, d, nty * tile, ntx * tile)
-    return out[:, :, :h, :w]
+        out_rows.append(_merge_candidates(cand, vals, topk).view(b, len(rows), ntx, tt, d))
+    return _untile(out_rows, h, w, tile)

@@ -266,9 +266,7 @@ class LabelPropagator:
 
     def _propagate_regions(self, query: Tensor, first_feats: Tensor, first_labels: Tensor) -> Tensor:
         reach = window_reach(self.radius, self.window)
-        live = {i for i, _, _ in self._recent}
-        self._regions = {k: v for k, v in self._regions.items() if k in live}  # frames that left the context
-        keys, values = [], []
+        keys, values = [], []  # (_remember drops the regions of a frame that leaves the context)
         for i, f, v in self._recent:  # the padded start repeats one frame (one index): laid out once
             if i not in self._regions:
                 self._regions[i] = (frame_regions(f, reach, self._TILE), frame_regions(v, reach, self._TILE))

@@ -12,6 +12,8 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn import functional as F
 
+from corrflow.data.davis_resized import short_side_size
+
 __all__ = ["WorkingSize"]
 
 
@@ -33,10 +35,7 @@ class WorkingSize:
 
     def size(self, hw: tuple[int, int]) -> tuple[int, int]:
         """The (h, w) the network sees for a frame of size ``hw``."""
-        if self.short_side is None:
-            return (int(hw[0]), int(hw[1]))
-        s = self.short_side / min(hw)
-        return max(1, round(hw[0] * s)), max(1, round(hw[1] * s))
+        return short_side_size(hw, self.short_side)
 
     def _resize(self, x: Tensor, hw: tuple[int, int], mode: str) -> Tensor:
         if tuple(x.shape[-2:]) == tuple(hw):
