@@ -97,8 +97,8 @@ def test_mixed_context_attention_matches_dense_reference(h, w, r, radius, tile, 
     ],
 )
 def test_regions_laid_out_once_match_dense_reference(h, w, r, radius, tile, topk, max_logits, window) -> None:
-    """The per-frame region path keeps the same candidates and top-k as every logit written out
-    (float64, no ties), also when the padded start repeats one frame (the same region tensors)."""
+    """The region path keeps the same candidates and top-k as every logit written out (float64, no
+    ties), also when the padded start fills two slots with one frame, whatever the slots' order."""
     g = torch.Generator().manual_seed(h * 100 + w + 7)
     q = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
     k0 = torch.randn(2, 5, h, w, generator=g, dtype=torch.float64)
@@ -107,20 +107,40 @@ def test_regions_laid_out_once_match_dense_reference(h, w, r, radius, tile, topk
     values = torch.rand(2, r, 3, h, w, generator=g, dtype=torch.float64)
     if r >= 3:  # a padded start: frames 0 and 1 are one frame
         keys[:, 1], values[:, 1] = keys[:, 0], values[:, 0]
-    reach = window_reach(radius, window)
-    regions = [(frame_regions(keys[:, i], reach, tile), frame_regions(values[:, i], reach, tile)) for i in range(r)]
-    if r >= 3:
-        regions[1] = regions[0]  # the same tensors, as the propagator hands them
+    order = list(reversed(range(r)))  # the ring's slots in any order
+    def ring(x):  # (B, R, C, h, w) -> (B, nT, R, U, C), R may be 0
+        if not x.shape[1]:
+            return frame_regions(x.new_zeros(x.shape[0], x.shape[2], h, w), radius, tile, window)[:, :, None][:, :, :0]
+        return torch.stack([frame_regions(f, radius, tile, window) for f in x.unbind(1)], dim=2)
+
+    kr, vr = ring(keys[:, order]), ring(values[:, order])
     out = mixed_context_attention_regions(
-        q, k0, v0, [k for k, _ in regions], [v for _, v in regions], radius=radius, temperature=0.3, topk=topk, tile=tile,
-        window=window, max_logits=max_logits,
+        q, k0, v0, kr, vr, radius=radius, temperature=0.3, topk=topk, tile=tile, window=window, max_logits=max_logits,
     )  # fmt: skip
     ref = dense_mixed_reference(q, k0, v0, keys, values, radius=radius, temperature=0.3, topk=topk, window=window)
     assert out.shape == (2, 3, h, w)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="regions"):
-        mixed_context_attention_regions(q, k0, v0, [torch.zeros(2, 1, 4, 5)], [torch.zeros(2, 1, 4, 3)], radius=radius, temperature=0.3,
+        mixed_context_attention_regions(q, k0, v0, kr[:, :, :, 1:], vr[:, :, :, 1:], radius=radius, temperature=0.3,
                                         topk=topk, tile=tile, window=window)  # fmt: skip
+
+
+def test_region_keys_are_the_union_of_the_tile_windows() -> None:
+    """CRW's radius-12 disc over 8 x 8 tiles: the region's 900 keys less the corners no query
+    reaches; counted by hand from the distances, not from the code's own mask."""
+    from corrflow.propagation.functional import region_keys
+
+    keep = region_keys(12, 8, "disc")
+    s, reach = 30, 11
+    expected = 0
+    for ky in range(s):
+        for kx in range(s):
+            y, x = ky - reach, kx - reach  # key position in tile coordinates
+            dy = 0 if 0 <= y < 8 else (y if y < 0 else y - 7)  # to the nearest query row of the tile
+            dx = 0 if 0 <= x < 8 else (x if x < 0 else x - 7)
+            expected += dy * dy + dx * dx < 144
+    assert len(keep) == expected == 808
+    assert len(region_keys(3, 4, "square")) == (4 + 6) ** 2  # a square window reaches its whole region
 
 
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])

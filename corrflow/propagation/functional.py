@@ -24,7 +24,7 @@ from corrflow.attention.tiled import key_region_view, tile_queries
 
 __all__ = [
     "WINDOWS", "context_indices", "frame_regions", "mixed_context_attention", "mixed_context_attention_regions", "onehot_argmax",
-    "window_mask", "window_reach",
+    "region_bias", "region_keys", "window_mask", "window_reach",
 ]  # fmt: skip
 
 
@@ -303,13 +303,40 @@ def _softmax_combine(parts: list[Tensor], v0: Tensor, v_reg: Tensor | None, *, t
     return num / den
 
 
-def frame_regions(x: Tensor, reach: int, tile: int) -> Tensor:
-    """(B, C, H, W) -> (B, nTiles, S*S, C), contiguous: each tile's key region (the tile grown by
-    ``reach`` on every side, zero outside the frame), laid out once so that every later query frame
-    reads it with a plain batched matrix multiply (a frame stays in the CRW context for 20 frames)."""
+@lru_cache(maxsize=64)
+def region_keys(radius: int, tile: int, window: str = "square") -> Tensor:
+    """(U,) indices into a tile's (S*S) key region, S = tile + 2 * reach: the keys some query of the
+    tile may attend to (the union of its queries' windows; for 'disc' the region's corners drop out:
+    U = 808 of 900 for CRW's radius 12 and tile 8). Cached: treat it as read-only."""
+    reach = window_reach(radius, window)
+    s = tile + 2 * reach
+    q, k = torch.arange(tile * tile), torch.arange(s * s)
+    dy = (q // tile)[:, None] - (k // s - reach)[None]
+    dx = (q % tile)[:, None] - (k % s - reach)[None]
+    near = dy * dy + dx * dx < radius * radius if window == "disc" else (dy.abs() <= radius) & (dx.abs() <= radius)
+    return near.any(0).nonzero().flatten()
+
+
+@lru_cache(maxsize=32)
+def region_bias(h: int, w: int, radius: int, tile: int, window: str = "square", device: str = "cpu") -> Tensor:
+    """(nTiles, T*T, U) float32: 0 where a query of the tile may attend to the key of its region
+    (:func:`region_keys` order), -inf where the key lies outside the query's window or the (h, w)
+    frame. Added to the logits of every recent frame alike. Cached: treat it as read-only."""
+    nty, ntx = -(-h // tile), -(-w // tile)
+    allowed = window_mask(h, w, radius, tile, range(nty), device, window)  # (nTiles, TT, SS)
+    allowed = allowed[:, :, region_keys(radius, tile, window).to(allowed.device)]
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def frame_regions(x: Tensor, radius: int, tile: int, window: str = "square") -> Tensor:
+    """(B, C, H, W) -> (B, nTiles, U, C), contiguous: each tile's key region (the tile grown by
+    ``window_reach(radius, window)`` on every side, zero outside the frame), only the :func:`region_keys`
+    that some query of the tile may see. Laid out once, when a frame enters the CRW context, so that
+    every later query frame reads it with a plain batched matrix multiply (a frame stays 20 frames)."""
     b, c = x.shape[:2]
-    v = key_region_view(x, reach, tile)  # (B, C, nTy, nTx, S, S)
-    return v.permute(0, 2, 3, 4, 5, 1).reshape(b, v.shape[2] * v.shape[3], v.shape[4] * v.shape[5], c).contiguous()
+    v = key_region_view(x, window_reach(radius, window), tile)  # (B, C, nTy, nTx, S, S)
+    v = v.reshape(b, c, v.shape[2] * v.shape[3], v.shape[4] * v.shape[5])  # (B, C, nTiles, SS): copies once
+    return v[:, :, :, region_keys(radius, tile, window).to(x.device)].permute(0, 2, 3, 1).contiguous()
 
 
 @attention_in_float32
@@ -317,8 +344,8 @@ def mixed_context_attention_regions(
     query: Tensor,
     first_key: Tensor,
     first_value: Tensor,
-    key_regions: list[Tensor],
-    value_regions: list[Tensor],
+    key_regions: Tensor,
+    value_regions: Tensor,
     *,
     radius: int,
     temperature: float,
@@ -327,23 +354,27 @@ def mixed_context_attention_regions(
     window: str = "square",
     max_logits: int = 1 << 24,
 ) -> Tensor:
-    """:func:`mixed_context_attention` with a top-k, reading each recent frame's key regions as laid
+    """:func:`mixed_context_attention` with a top-k, reading the recent frames' key regions as laid
     out once by :func:`frame_regions` instead of cutting them out of every frame again.
 
-    The candidates, the logits and the kept ``topk`` are those of :func:`mixed_context_attention`
-    (the k best of the union are among the k best of each frame and of the global part, so each
-    frame's top-k is taken alone and the survivors merged: no logit row longer than one frame's
-    S*S is sorted, and no (R * S*S)-long copy is made per query frame).
+    The candidates, the logits and the kept ``topk`` are those of :func:`mixed_context_attention`.
+    For each chunk of tiles it takes one batched matrix multiply of the tiles' queries against the
+    R recent frames' regions side by side (R * U keys a tile), one -inf bias for the window and the
+    frame's edge, one top-k over them, and merges those k with the global part's k best: no logit
+    beyond what the tile's windows need (the region's corners outside every window are not laid
+    out), no copy of the regions per query frame.
 
     Args:
         query: (B, C, H, W) target features.
         first_key, first_value: (B, C, H, W') and (B, D, H, W') of the frames seen whole, side by
             side along the width (W' = G * W; :func:`mixed_context_attention` lays G frames out so).
-        key_regions, value_regions: one (B, nTiles, S*S, C) and (B, nTiles, S*S, D) per recent frame
-            (:func:`frame_regions` of its features and labels with ``window_reach(radius, window)``
-            and ``tile``); a frame may appear several times (the padded start) as the same tensor.
+        key_regions, value_regions: (B, nTiles, R, U, C) and (B, nTiles, R, U, D): the R recent
+            frames' :func:`frame_regions` (with the same ``radius``, ``tile`` and ``window``) side
+            by side; a frame may fill several slots (the padded start), counted as often as it does.
+            The order of the R slots does not matter.
         radius, window, tile: as :func:`mixed_context_attention`; ``tile`` must be the regions'.
         topk: the candidates kept per target (required: without a top-k use :func:`mixed_context_attention`).
+        max_logits: about how many logits one chunk of tiles may hold; bounds memory.
 
     Returns:
         (B, D, H, W) propagated labels.
@@ -354,48 +385,32 @@ def mixed_context_attention_regions(
         raise ValueError(f"first_key {tuple(first_key.shape)} / first_value {tuple(first_value.shape)} do not match query {tuple(query.shape)}")
     if topk is None or topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
-    if len(key_regions) != len(value_regions):
-        raise ValueError(f"{len(key_regions)} key regions but {len(value_regions)} value regions")
-    reach = window_reach(radius, window)
-    s = tile + 2 * reach
-    ss, tt = s * s, tile * tile
     nty, ntx = -(-h // tile), -(-w // tile)
-    for kr, vr in zip(key_regions, value_regions, strict=True):
-        if kr.shape != (b, nty * ntx, ss, c) or vr.shape != (b, nty * ntx, ss, d):
-            raise ValueError(
-                f"regions must be ({b}, {nty * ntx}, {ss}, {c}) and ({b}, {nty * ntx}, {ss}, {d}) for tile {tile} and "
-                f"reach {reach}, got {tuple(kr.shape)} and {tuple(vr.shape)}"
-            )
-    q_tiles = tile_queries(query, tile)  # (B, nTy, nTx, TT, C)
+    nt, tt, u = nty * ntx, tile * tile, len(region_keys(radius, tile, window))
+    r = key_regions.shape[2] if key_regions.dim() == 5 else -1
+    if key_regions.shape != (b, nt, r, u, c) or value_regions.shape != (b, nt, r, u, d):
+        raise ValueError(
+            f"regions must be ({b}, {nt}, R, {u}, {c}) and ({b}, {nt}, R, {u}, {d}) for tile {tile}, radius {radius} and "
+            f"window {window!r}, got {tuple(key_regions.shape)} and {tuple(value_regions.shape)}"
+        )
+    q_tiles = tile_queries(query, tile).reshape(b, nt, tt, c)
     k0 = first_key.flatten(2)  # (B, C, HW')
     v0 = first_value.flatten(2).transpose(1, 2)  # (B, HW', D)
-    hw0 = k0.shape[-1]
-    # the distinct frames (the padded start repeats one): each frame's top-k once, reused
-    distinct: dict[int, int] = {}
-    for kr in key_regions:
-        distinct.setdefault(id(kr), len(distinct))
-    slots = [distinct[id(kr)] for kr in key_regions]
-    uniq = {distinct[id(kr)]: (kr, vr) for kr, vr in zip(key_regions, value_regions, strict=True)}
-    per_row = ntx * tt * (hw0 + len(uniq) * ss)
-    rows_per_chunk = max(1, max_logits // max(per_row, 1))
-    out_rows = []
-    for y0 in range(0, nty, rows_per_chunk):
-        rows = range(y0, min(nty, y0 + rows_per_chunk))
-        n = len(rows) * ntx
-        t0, t1 = rows.start * ntx, rows.stop * ntx
-        q = q_tiles[:, rows.start : rows.stop].reshape(b, n * tt, c) / temperature  # (B, nQ, C)
-        gv, gval = _global_candidates(torch.bmm(q, k0), v0, topk)  # from (B, nQ, HW') global logits
+    bias = region_bias(h, w, radius, tile, window, str(query.device)).to(q_tiles.dtype) if r else None  # (nT, TT, U)
+    per_tile = tt * (k0.shape[-1] + r * u)
+    tiles_per_chunk = max(1, max_logits // max(per_tile, 1))
+    out = []
+    for t0 in range(0, nt, tiles_per_chunk):
+        t1 = min(nt, t0 + tiles_per_chunk)
+        n = t1 - t0
+        q = q_tiles[:, t0:t1] / temperature  # (B, n, TT, C)
+        gv, gval = _global_candidates(torch.bmm(q.reshape(b, n * tt, c), k0), v0, topk)  # from (B, n*TT, HW') logits
         cand, vals = [gv], [gval]
-        if uniq:
-            allowed = window_mask(h, w, radius, tile, rows, str(query.device), window)  # (n, TT, SS)
-            bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
-            qn = q.view(b, n, tt, c)
-            best = {  # each distinct frame's top-k, once: (B, nQ, k) logits and (B, nQ, k, D) labels
-                slot: _tile_candidates(torch.matmul(qn, kr[:, t0:t1].transpose(-1, -2)).add_(bias), vr[:, t0:t1], topk)
-                for slot, (kr, vr) in uniq.items()
-            }
-            for slot in slots:  # every context entry, the padded repeats included (as the dense op sees them)
-                cand.append(best[slot][0])
-                vals.append(best[slot][1])
-        out_rows.append(_merge_candidates(cand, vals, topk).view(b, len(rows), ntx, tt, d))
-    return _untile(out_rows, h, w, tile)
+        if r:
+            ll = torch.matmul(q, key_regions[:, t0:t1].reshape(b, n, r * u, c).transpose(-1, -2))  # (B, n, TT, R*U)
+            ll.view(b, n, tt, r, u).add_(bias[t0:t1, :, None, :])  # out-of-window and out-of-frame keys -> -inf
+            lv, lval = _tile_candidates(ll, value_regions[:, t0:t1].reshape(b, n, r * u, d), topk)
+            cand.append(lv)
+            vals.append(lval)
+        out.append(_merge_candidates(cand, vals, topk).view(b, n, tt, d))
+    return _untile([torch.cat(out, dim=1).view(b, nty, ntx, tt, d)], h, w, tile)

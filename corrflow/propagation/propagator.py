@@ -12,7 +12,7 @@ next to the first frame. Objects already tracked keep their context; they are no
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 import torch
@@ -25,6 +25,7 @@ from corrflow.propagation.functional import (
     mixed_context_attention,
     mixed_context_attention_regions,
     onehot_argmax,
+    region_keys,
     window_reach,
 )
 from corrflow.propagation.labels import pad_to_stride
@@ -57,12 +58,13 @@ class LabelPropagator:
         backend: restricted-attention backend for the windowed-only case.
         region_cache_mb: the CRW context with a top-k (a global first frame, recent frames and
             ``topk``) lays each recent frame's key and label regions out once, when it enters the
-            context, and reads them for the 20 frames it stays there
+            context, into one buffer of the R recent frames' slots, and reads it for the 20 frames
+            the frame stays there
             (:func:`~corrflow.propagation.functional.mixed_context_attention_regions`: the same
-            candidates and top-k, without cutting the regions out again every frame); this bounds
-            the memory that takes, in MiB (about 16x the features of the distinct recent frames).
-            Past it, or at 0, every frame's regions are cut afresh
-            (:func:`~corrflow.propagation.functional.mixed_context_attention`).
+            candidates and top-k, one matrix multiply and one top-k per chunk of tiles); this bounds
+            the memory that buffer takes, in MiB (about 13x the features of the R recent frames:
+            1.9 GiB at 480p with the CRW encoder). Past it, or at 0, every frame's regions are cut
+            afresh (:func:`~corrflow.propagation.functional.mixed_context_attention`).
         device: where features and labels live.
         harden: what 'argmax' feed-back means for these labels, (1, D, h, w) -> (1, D, h, w);
             default :func:`onehot_argmax` over channels (masks). Keypoint heat maps pass their own
@@ -82,7 +84,7 @@ class LabelPropagator:
         feedback: str = "soft",
         normalize: bool = True,
         backend: str = "auto",
-        region_cache_mb: float = 2048,
+        region_cache_mb: float = 3072,
         device: torch.device | str = "cpu",
         harden: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
@@ -119,7 +121,8 @@ class LabelPropagator:
         self._first: tuple[Tensor, Tensor] | None = None  # (features (1,C,h,w), labels (1,D,h,w))
         self._joined: list[tuple[int, Tensor, Tensor]] = []  # frames where objects joined: (index, features, labels)
         self._recent: deque[tuple[int, Tensor, Tensor]] = deque(maxlen=self.n_recent)
-        self._regions: dict[int, tuple[Tensor, Tensor]] = {}  # frame index -> its laid-out (key, label) regions
+        self._ring: tuple[Tensor, Tensor] | None = None  # (1, nTiles, R, U, C) key and (.., D) label regions of the recent frames
+        self._ring_frames: list[int | None] = []  # the frame index each of the R slots holds
         self._t = 0
 
     @property
@@ -211,7 +214,7 @@ class LabelPropagator:
         self._first = (self._first[0], pad(self._first[1]))
         self._joined = [(i, f, pad(v)) for i, f, v in self._joined]
         self._recent = deque(((i, f, pad(v)) for i, f, v in self._recent), maxlen=self.n_recent)
-        self._regions.clear()  # the labels grew channels
+        self._ring, self._ring_frames = None, []  # the labels grew channels
         if self.global_first:
             self._joined.append((self._t, feats, labels))
         self._remember(feats, labels)
@@ -223,22 +226,19 @@ class LabelPropagator:
                 self._recent.extend((self._t, feats, labels) for _ in range(self.n_recent))
             else:
                 self._recent.append((self._t, feats, labels))
-                if self._regions:  # drop the laid-out regions of the frame that left the context
-                    live = {i for i, _, _ in self._recent}
-                    self._regions = {k: v for k, v in self._regions.items() if k in live}
         self._t += 1
 
     def _propagate(self, query: Tensor) -> Tensor:
         """(1, C, h, w) target features -> (1, D, h, w) labels from the current context."""
         first_feats, first_labels = self._first
+        if self.global_first and self.topk is not None and self.n_recent and not self._joined and self._fits_region_cache(query):
+            return self._propagate_regions(query, first_feats, first_labels)
         if self.n_recent:
             keys = torch.stack([f[0] for _, f, _ in self._recent])[None]  # (1, R, C, h, w)
             values = torch.stack([v[0] for _, _, v in self._recent])[None]  # (1, R, D, h, w)
         else:
             keys = query.new_zeros((1, 0, *query.shape[1:]))
             values = first_labels.new_zeros((1, 0, *first_labels.shape[1:]))
-        if self.global_first and self.topk is not None and self.n_recent and not self._joined and self._fits_region_cache(query):
-            return self._propagate_regions(query, first_feats, first_labels)
         if self.global_first:
             if self._joined:  # the first frame and the frames where objects joined, all seen whole
                 first_feats = torch.stack([first_feats[0], *(f[0] for _, f, _ in self._joined)])[None]  # (1, G, C, h, w)
@@ -257,22 +257,47 @@ class LabelPropagator:
     def _fits_region_cache(self, query: Tensor) -> bool:
         if self.region_cache_mb <= 0:
             return False
-        reach = window_reach(self.radius, self.window)
         h, w = query.shape[-2:]
         n_tiles = -(-h // self._TILE) * -(-w // self._TILE)
-        d = self._first[1].shape[1]
-        per_frame = n_tiles * (self._TILE + 2 * reach) ** 2 * (query.shape[1] + d) * query.element_size()
-        return per_frame * (self.n_recent + 1) <= self.region_cache_mb * 2**20
+        u = len(region_keys(self.radius, self._TILE, self.window))
+        per_frame = n_tiles * u * (query.shape[1] + self._first[1].shape[1]) * query.element_size()
+        return per_frame * (self.n_recent + 1) <= self.region_cache_mb * 2**20  # the R slots and one frame being laid out
+
+    def _sync_ring(self) -> tuple[Tensor, Tensor]:
+        """The ring holds the recent queue's frames, each as often as the queue does (the padded
+        start): slots of frames that left are refilled with the frames that came, each laid out once."""
+        wanted = Counter(i for i, _, _ in self._recent)
+        if self._ring is None:
+            self._ring_frames = [None] * self.n_recent
+        held = Counter(i for i in self._ring_frames if i is not None)
+        free = []
+        for slot, i in enumerate(self._ring_frames):
+            if i is None or held[i] > wanted[i]:
+                free.append(slot)
+                if i is not None:
+                    held[i] -= 1
+        entries = {i: (f, v) for i, f, v in self._recent}
+        for i, count in wanted.items():
+            missing = count - held[i]
+            if missing <= 0:
+                continue
+            f, v = entries[i]
+            kr = frame_regions(f, self.radius, self._TILE, self.window)  # (1, nTiles, U, C)
+            vr = frame_regions(v, self.radius, self._TILE, self.window)
+            if self._ring is None:
+                self._ring = (
+                    kr.new_empty((1, kr.shape[1], self.n_recent, *kr.shape[2:])),
+                    vr.new_empty((1, vr.shape[1], self.n_recent, *vr.shape[2:])),
+                )
+            for _ in range(missing):
+                slot = free.pop()
+                self._ring[0][:, :, slot] = kr
+                self._ring[1][:, :, slot] = vr
+                self._ring_frames[slot] = i
+        return self._ring
 
     def _propagate_regions(self, query: Tensor, first_feats: Tensor, first_labels: Tensor) -> Tensor:
-        reach = window_reach(self.radius, self.window)
-        keys, values = [], []  # (_remember drops the regions of a frame that leaves the context)
-        for i, f, v in self._recent:  # the padded start repeats one frame (one index): laid out once
-            if i not in self._regions:
-                self._regions[i] = (frame_regions(f, reach, self._TILE), frame_regions(v, reach, self._TILE))
-            kr, vr = self._regions[i]
-            keys.append(kr)
-            values.append(vr)
+        keys, values = self._sync_ring()
         return mixed_context_attention_regions(
             query, first_feats, first_labels, keys, values,
             radius=self.radius, temperature=self.temperature, topk=self.topk, tile=self._TILE, window=self.window,
