@@ -34,10 +34,12 @@ def caches_in_tmp(tmp_path_factory):
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(monkeypatch):
     """Tiny inputs: one torch thread is faster, and immune to a busy machine's oversubscription.
-    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``. OMP_NUM_THREADS=1 too, which
+    the tools' ``threads=auto`` respects (corrflow.utils.threads)."""
     before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)

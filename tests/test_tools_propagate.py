@@ -123,6 +123,33 @@ def test_davis_end_to_end(davis_root: Path, tmp_path: Path, capsys, protocol: st
             assert result["scores"]["J&F-Mean"] > 0.7
 
 
+def test_reader_and_writer_threads_write_exactly_what_one_thread_writes(davis_root: Path, tmp_path: Path) -> None:
+    """background=2 (a reader decoding ahead, a writer writing behind) against background=0: the
+    same palette PNGs byte for byte, the same pictures, the same scores."""
+    runs = {}
+    for background in (0, 2):
+        out = tmp_path / f"bg{background}"
+        runs[background] = run_davis(davis_root, out, "protocol=crw", "features=lab", f"background={background}")
+    a, b = _snapshot(tmp_path / "bg0"), _snapshot(tmp_path / "bg2")
+    written = [k for k in a if k.startswith(("results/", "overlays/")) and not k.endswith(".done")]
+    assert len([k for k in written if k.endswith(".png") and k.startswith("results/")]) == 11
+    assert {k: a[k] for k in written} == {k: b[k] for k in written}
+    if HAS_EVALUATION:
+        assert runs[0]["scores"] == runs[2]["scores"]
+
+
+def test_a_corrupt_frame_read_ahead_stops_the_run_with_its_own_error(davis_root: Path, tmp_path: Path) -> None:
+    """The reader thread hits a corrupt frame: the run stops with the reader's error naming the
+    file, the sequence finished before it keeps its results, the broken one is not marked done."""
+    frame = davis_root / "JPEGImages" / "480p" / "squares-b" / "00003.png"
+    frame.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="00003"):
+        run_davis(davis_root, out, "protocol=crw", "features=lab", "background=2")
+    assert (out / "results" / "squares-a.done").is_file()
+    assert not (out / "results" / "squares-b.done").exists()
+
+
 @pytest.mark.parametrize("label_resize", ["code", "bilinear", "pool"])
 def test_label_resize_modes_end_to_end(davis_root: Path, tmp_path: Path, label_resize: str) -> None:
     """Every way of bringing masks to the grid runs under the CorrFlow protocol, reaches the task's

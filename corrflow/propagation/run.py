@@ -54,6 +54,8 @@ from tqdm import tqdm
 
 from corrflow.propagation.distributed import Ranks, launch_torchrun, shard_by_frames, under_torchrun
 from corrflow.propagation.keyframes import fusion_weights, segments
+from corrflow.utils.background import OrderedWriter, prefetch
+from corrflow.utils.threads import set_threads
 
 __all__ = ["fingerprint", "propagate", "propagate_video", "register_resolvers", "resolve_device"]
 
@@ -185,10 +187,15 @@ def _image(session, frame: np.ndarray) -> Tensor:
     return session.prepare(torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0))  # (3, H, W)
 
 
-def propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, progress: bool) -> int:
+def propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, progress: bool, background: int = 2) -> int:
     """Segment one video with the method's per-video ``segmenter`` (a
     :class:`~corrflow.propagation.methods.VideoSegmenter`), writing its predictions; returns the
     number of frames processed (counted once a pass: with keyframes, most frames twice).
+
+    With ``background`` > 0 a reader thread decodes up to that many frames ahead and a writer thread
+    turns predictions into PNGs and pictures behind the segmenter, in order
+    (:mod:`corrflow.utils.background`); the predictions are the same, only overlapped. 0: all in
+    this thread.
 
     Public for the tools that run one video outside a data set (the demo page); ``video`` is
     anything with the DAVIS video's ``name``, ``len``, ``frame(t)`` and ``frames(start)``.
@@ -197,47 +204,58 @@ def propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, p
     if hasattr(segmenter, "begin_video"):  # a segmenter that keeps something per video (OSVOS's weights)
         segmenter.begin_video(video.name)
 
-    def emit(t: int, frame: np.ndarray, pred: Tensor | None) -> None:
+    def write(t: int, frame: np.ndarray, pred: Tensor | None) -> None:
         decoded = session.emit(t, pred)
         if recorder is not None and recorder.wants(t):
             recorder.add(t, session.draw(frame, decoded))
 
-    if getattr(session, "keyframes", None):
-        total = _propagate_keyframes(video, session, segmenter, emit, progress=progress)
-    else:
-        entries = session.plan.entries if hasattr(session, "plan") else {}
-        frames = video.frames(session.start)
-        total = len(video) - session.start
-        if progress:
-            frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
-        # a segmenter whose frames do not depend on each other (OSVOS) takes them batch_frames at a time
-        batch = int(getattr(segmenter, "batch_frames", 1))
-        pending: list[tuple[int, np.ndarray, Tensor]] = []
+    with OrderedWriter(max_pending=2 * background) as writer:
 
-        def flush() -> None:
-            if pending:
-                preds = segmenter.step_many(torch.stack([image for _, _, image in pending]))
-                for (t, frame, _), pred in zip(pending, preds, strict=True):
-                    emit(t, frame, pred)
-                pending.clear()
+        def emit(t: int, frame: np.ndarray, pred: Tensor | None) -> None:
+            writer.submit(write, t, frame, pred)
 
-        for t, frame in enumerate(frames, start=session.start):
-            image = _image(session, frame)
-            if t == session.start:
-                pred = segmenter.step(image, session.labels)
-            elif t in entries:  # objects join here
-                flush()
-                pred = segmenter.join(image, session.given_labels(t))
-            elif batch > 1:
-                pending.append((t, frame, image))
-                if len(pending) == batch:
-                    flush()
-                continue
-            else:
-                pred = segmenter.step(image)
-            emit(t, frame, pred)
-        flush()
+        if getattr(session, "keyframes", None):
+            total = _propagate_keyframes(video, session, segmenter, emit, progress=progress)
+        else:
+            total = _propagate_forward(video, session, segmenter, emit, progress=progress, background=background)
     session.finish()
+    return total
+
+
+def _propagate_forward(video, session, segmenter, emit, *, progress: bool, background: int) -> int:
+    """From the start frame to the end, objects joining where the plan says."""
+    entries = session.plan.entries if hasattr(session, "plan") else {}
+    total = len(video) - session.start
+    decoded = ((t, frame, _image(session, frame)) for t, frame in enumerate(video.frames(session.start), start=session.start))
+    frames = prefetch(decoded, depth=background)
+    if progress:
+        frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
+    # a segmenter whose frames do not depend on each other (OSVOS) takes them batch_frames at a time
+    batch = int(getattr(segmenter, "batch_frames", 1))
+    pending: list[tuple[int, np.ndarray, Tensor]] = []
+
+    def flush() -> None:
+        if pending:
+            preds = segmenter.step_many(torch.stack([image for _, _, image in pending]))
+            for (t, frame, _), pred in zip(pending, preds, strict=True):
+                emit(t, frame, pred)
+            pending.clear()
+
+    for t, frame, image in frames:
+        if t == session.start:
+            pred = segmenter.step(image, session.labels)
+        elif t in entries:  # objects join here
+            flush()
+            pred = segmenter.join(image, session.given_labels(t))
+        elif batch > 1:
+            pending.append((t, frame, image))
+            if len(pending) == batch:
+                flush()
+            continue
+        else:
+            pred = segmenter.step(image)
+        emit(t, frame, pred)
+    flush()
     return total
 
 
@@ -379,6 +397,8 @@ def _propagate(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
     results_dir, overlays_dir, scores_dir = out / "results", out / "overlays", out / "scores"
     if cfg.get("seed") is not None:
         torch.manual_seed(int(cfg.seed))
+    if device_threads := set_threads(cfg.get("threads", "auto"), ranks=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))):
+        log.info("propagate: %d CPU threads", device_threads)
 
     # Inputs first: nothing is written before the data, the method and the annotations are checked.
     method = str(cfg.method.name)
@@ -434,7 +454,8 @@ def _propagate(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
             recorder = recorder_factory(n_frames=len(video)) if recorder_factory else None
             t0 = time.perf_counter()
             n = propagate_video(
-                video, segmenter=segmenter, targets=targets, results_dir=results_dir, recorder=recorder, progress=progress
+                video, segmenter=segmenter, targets=targets, results_dir=results_dir, recorder=recorder, progress=progress,
+                background=int(cfg.get("background", 2)),
             )
             seconds = time.perf_counter() - t0
             if recorder is not None:
