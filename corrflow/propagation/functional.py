@@ -322,8 +322,7 @@ def region_bias(h: int, w: int, radius: int, tile: int, window: str = "square", 
     """(nTiles, T*T, U) float32: 0 where a query of the tile may attend to the key of its region
     (:func:`region_keys` order), -inf where the key lies outside the query's window or the (h, w)
     frame. Added to the logits of every recent frame alike. Cached: treat it as read-only."""
-    nty, ntx = -(-h // tile), -(-w // tile)
-    allowed = window_mask(h, w, radius, tile, range(nty), device, window)  # (nTiles, TT, SS)
+    allowed = window_mask(h, w, radius, tile, range(-(-h // tile)), device, window)  # (nTiles, TT, SS)
     allowed = allowed[:, :, region_keys(radius, tile, window).to(allowed.device)]
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 

@@ -98,7 +98,7 @@ def segments(keyframes: Sequence[int], n_frames: int) -> Iterator[tuple[int | No
     """
     keys = list(keyframes)
     spans = [(None, keys[0], range(0, keys[0]))]
-    spans += [(a, b, range(a + 1, b)) for a, b in zip(keys, keys[1:])]
+    spans += [(a, b, range(a + 1, b)) for a, b in zip(keys, keys[1:], strict=False)]
     spans.append((keys[-1], None, range(keys[-1] + 1, n_frames)))
     for a, b, r in spans:
         if len(r):
