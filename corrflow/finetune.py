@@ -167,6 +167,7 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         lg.log_hyperparams(hparams)
     bb = model.net.backbone.config  # every segmenter and classifier exposes its (query) backbone
     arch = bb["arch"] if isinstance(bb["arch"], str) else f"ResNet (stride {model.net.backbone.stride})"
-    log.info("git %s; %s on a %s backbone, init=%s; output in %s", hparams["git_sha"], model.kind.upper(), arch, bb["init"], trainer.default_root_dir)
+    log.info("git %s; seed %s; %s on a %s backbone, init=%s; output in %s", hparams["git_sha"], cfg.get("seed"), model.kind.upper(), arch,
+             bb["init"], trainer.default_root_dir)
 
     return fit_and_finish(cfg, trainer, model, datamodule, callbacks, ckpt_path=resume)

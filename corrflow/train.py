@@ -254,7 +254,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         lg.log_hyperparams(hparams)
     if cfg.get("ckpt_path"):
         log.info("resuming %s into %s (%s)", cfg.ckpt_path, trainer.default_root_dir, datetime.now().isoformat(timespec="seconds"))
-    log.info("git %s; output in %s", hparams["git_sha"], trainer.default_root_dir)
+    log.info("git %s; seed %s; output in %s", hparams["git_sha"], cfg.get("seed"), trainer.default_root_dir)
 
     if held_out and not cfg.get("ckpt_path") and cfg.get("monitor", {}).get("at_start", True):
         log.info("held-out monitor: scoring the untrained encoder before the first step")

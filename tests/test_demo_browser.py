@@ -5,7 +5,7 @@ cleared); a palette PNG is the mask propagated; lab features.
 
 Skips, saying why, where Gradio, Selenium, PyAV, Chromium or chromedriver are missing.
 
-The same driver takes the README's screenshot of a finished result on a real sample clip:
+The same driver takes docs/demo.md's screenshot of a finished result on a real sample clip:
 
     python tests/test_demo_browser.py --screenshot docs/demo.png
 """
@@ -204,7 +204,7 @@ def test_demo_page_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def screenshot(path: Path, *, sample: str = "carphone_pristine.mp4", n: int = 24) -> None:
-    """The README's picture: a real sample clip, hand-placed ellipses (the head, the bow tie) as the mask."""
+    """docs/demo.md's picture: a real sample clip, hand-placed ellipses (the head, the bow tie) as the mask."""
     from corrflow.demo.clip import load_clip, sample_clips
 
     why = missing()

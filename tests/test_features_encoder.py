@@ -53,7 +53,7 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
 
 
 def test_random_crw_features_are_torchvision_resnet18_untrained() -> None:
-    """The README's claim: ``features=random arch=crw seed=s`` holds exactly the weights
+    """docs/propagation.md's claim: ``features=random arch=crw seed=s`` holds exactly the weights
     ``torchvision.models.resnet18(weights=None)`` draws under ``torch.manual_seed(s)``."""
     from torchvision.models import resnet18
 

@@ -286,7 +286,7 @@ def test_snapped_frames_are_the_unsnapped_labels_on_the_contour_superpixels(ckpt
 
 
 def test_snapping_with_short_side_snaps_at_the_frame_size(ckpts, tmp_path):
-    """The README's setting (method.short_side with snapping): the objects' probabilities and the
+    """docs/osvos.md's setting (method.short_side with snapping): the objects' probabilities and the
     contour map are computed at the working size and resized back, and the snapping happens at the
     frame's size: equal to those steps by hand; and the run writes frame-size labels."""
     from corrflow.propagation.boundary_snapping import snap_to_contours

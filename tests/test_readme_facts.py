@@ -1,6 +1,6 @@
-"""What the README says about runs is what the code does: the checkpoint paths it shows are where
-its commands' runs write, the sample videos are the ones training finds, and the one-minute
-check is in the first command block."""
+"""What the README and its docs pages (docs/*.md) say about runs is what the code does: the
+checkpoint paths they show are where their commands' runs write, the sample videos are the ones
+training finds, and the one-minute check is in the README's first command block."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+DOCS = {f"docs/{p.name}": p.read_text() for p in sorted((REPO / "docs").glob("*.md"))}  # the pages the README links
 CHECKPOINT_PATH = re.compile(r"logs/([A-Za-z0-9_]+)/runs/<run>/checkpoints/")
 NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
@@ -36,9 +37,10 @@ def run_dir_of(config: str, *overrides: str) -> str:
 
 
 def test_the_checkpoint_paths_shown_are_where_training_writes() -> None:
-    """Every ``logs/<name>/runs/<run>/checkpoints/`` in the README and the tools' docstrings names
-    an experiment whose runs write there (tools/train.py experiment=corrflow: logs/corrflow/runs/)."""
-    texts = {"README.md": README, **{f"tools/{p.name}": p.read_text() for p in (REPO / "tools").glob("*.py")}}
+    """Every ``logs/<name>/runs/<run>/checkpoints/`` in the README, its docs pages and the tools'
+    docstrings names an experiment whose runs write there (tools/train.py experiment=corrflow:
+    logs/corrflow/runs/)."""
+    texts = {"README.md": README, **DOCS, **{f"tools/{p.name}": p.read_text() for p in (REPO / "tools").glob("*.py")}}
     experiments = {p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")}
     seen = set()
     for where, text in texts.items():

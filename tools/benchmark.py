@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 from corrflow.utils.cli import user_errors
+from corrflow.utils.quiet import quiet_third_party
 
 # Benchmarks that parse their own options: corrflow.benchmarks.<name>.main(argv)
 OWN_OPTIONS = ("propagate", "stm", "osvos", "flow", "keyframes")
@@ -19,6 +20,7 @@ OWN_OPTIONS = ("propagate", "stm", "osvos", "flow", "keyframes")
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
 

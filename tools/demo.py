@@ -13,11 +13,16 @@ import hydra
 from omegaconf import DictConfig
 
 from corrflow.utils.cli import user_errors
+from corrflow.utils.help import register_help_resolver
+from corrflow.utils.quiet import quiet_third_party
+
+register_help_resolver()  # `--help` lists this tool's config groups (conf/demo.yaml)
 
 
 @hydra.main(config_path="../conf", config_name="demo", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     from corrflow.demo.app import build_app, serve
 
     app = build_app(

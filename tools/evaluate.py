@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from corrflow.data.keypoint_annotations import load_jhmdb_split, load_keypoints_json
 from corrflow.evaluation import evaluate_davis, evaluate_keypoints
 from corrflow.utils.cli import user_errors
+from corrflow.utils.quiet import quiet_third_party
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @user_errors
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run(args)

@@ -16,6 +16,7 @@ from corrflow.train import colour_bins_path, fit_and_save_colour_bins
 from corrflow.utils.cli import discard_unused_run_dir, user_errors
 from corrflow.utils.help import register_help_resolver
 from corrflow.utils.pylogger import setup_logging
+from corrflow.utils.quiet import quiet_third_party
 
 register_help_resolver()  # `--help` (conf/fit_colour_bins.yaml) lists its config groups
 
@@ -23,6 +24,7 @@ register_help_resolver()  # `--help` (conf/fit_colour_bins.yaml) lists its confi
 @hydra.main(config_path="../conf", config_name="fit_colour_bins", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     setup_logging()
     with discard_unused_run_dir():  # a failed run leaves no log folder that holds only Hydra's files
         datamodule = hydra.utils.instantiate(cfg.data)

@@ -15,11 +15,16 @@ from omegaconf import DictConfig
 
 from corrflow.flow.run import flow
 from corrflow.utils.cli import discard_unused_run_dir, user_errors
+from corrflow.utils.help import register_help_resolver
+from corrflow.utils.quiet import quiet_third_party
+
+register_help_resolver()  # `--help` lists this tool's config groups (conf/flow.yaml)
 
 
 @hydra.main(config_path="../conf", config_name="flow", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     with discard_unused_run_dir():  # a failed run leaves no log folder that holds only Hydra's files
         flow(cfg)
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from corrflow.models.quantizer import import_colour_bins
 from corrflow.utils.cli import user_errors
+from corrflow.utils.quiet import quiet_third_party
 
 
 @user_errors
 def main(argv: list[str] | None = None) -> None:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("src", type=Path, help="a .npy (plain or pickled) or .txt file holding a (K, 2) array")
     p.add_argument("-o", "--output", type=Path, default=None, help="the artefact to write (default: <src stem>.npz)")

@@ -20,6 +20,7 @@ from corrflow.utils.plots import (
     read_metrics_csv,
     run_metrics_csvs,
 )
+from corrflow.utils.quiet import quiet_third_party
 
 
 def _csvs(run: Path) -> list[Path]:
@@ -38,6 +39,7 @@ def _reference(text: str) -> tuple[str, float]:
 
 @user_errors
 def main(argv=None) -> int:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (their csv/version_*/metrics.csv, joined in order) or metrics.csv files")
     p.add_argument("-o", "--out", default=None, help="output PNG (default: <run>/training_curves.png; required with several runs)")

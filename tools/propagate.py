@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from corrflow.propagation.run import propagate
 from corrflow.utils.cli import discard_unused_run_dir, user_errors
 from corrflow.utils.help import register_help_resolver
+from corrflow.utils.quiet import quiet_third_party
 
 register_help_resolver()  # `--help` lists the config groups propagation uses (conf/hydra/propagate.yaml)
 
@@ -25,6 +26,7 @@ register_help_resolver()  # `--help` lists the config groups propagation uses (c
 @hydra.main(config_path="../conf", config_name="propagate", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     with discard_unused_run_dir():  # a failed run leaves no log folder that holds only Hydra's files
         propagate(cfg)
 

@@ -15,10 +15,12 @@ from pathlib import Path
 from corrflow.data.ytvos import read_meta
 from corrflow.data.ytvos_holdout import make_holdout
 from corrflow.utils.cli import user_errors
+from corrflow.utils.quiet import quiet_third_party
 
 
 @user_errors
 def main(argv: list[str] | None = None) -> None:
+    quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="the YouTube-VOS root (holds train/meta.json)")
     p.add_argument("--meta", default="train/meta.json", help="the meta file, relative to --root")

@@ -192,7 +192,7 @@ class OSVOSVideoSegmenter:
         if self.device.type == "cpu" and short_side is None and int(steps) >= 200:
             log.warning(
                 "OSVOS on the CPU at the frames' own size: %d one-shot steps take about 3 s each at 480p, per object; "
-                "method.short_side=128 makes a step about 0.1-1.5 s (README: OSVOS on DAVIS-2016 dev)", int(steps)
+                "method.short_side=128 makes a step about 0.1-1.5 s (docs/results.md: OSVOS on DAVIS-2016 dev)", int(steps)
             )
         self.keep_weights = None if keep_weights is None else Path(keep_weights)
         self.video: str | None = None

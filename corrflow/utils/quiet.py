@@ -8,7 +8,14 @@ Each entry is a message a run prints that says nothing about this run:
 - Lightning's "`weights_only` was not set, defaulting to `False`" at each checkpoint saved
   without the argument (full checkpoints are what a resume needs);
 - ModelCheckpoint's "Checkpoint directory ... exists and is not empty", which a resumed run meets
-  by design: it continues in its own run folder.
+  by design: it continues in its own run folder;
+- Lightning's "Seed set to N" (``seed_everything``), printed before anything of the run's own:
+  corrflow's first line of a run names the seed itself (``git ...; seed N; ...``);
+- Lightning's device lines where they say nothing: "GPU available: False, used: False" on a
+  machine without a GPU, and "TPU available: False, using: 0 TPU cores" (a GPU that is there, or
+  one left unused, is still reported, as is every other device line);
+- httpx's "HTTP Request: ..." lines, Gradio's requests to the demo page it has just started
+  (``tools/demo.py``), printed before the page's address.
 
 Only these exact messages go; every other warning and log line still shows. The library itself
 silences nothing (a notebook or a test sees everything), and the tests fail on a new
@@ -34,11 +41,15 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 _RANK_ZERO = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
               "lightning_utilities.core.rank_zero", "lightning.pytorch.utilities.rank_zero",
               "lightning.fabric.utilities.rank_zero")  # fmt: skip
+_SEED = ("lightning_fabric.utilities.seed", "lightning.fabric.utilities.seed")
 _CHECKPOINT_CONNECTOR = ("pytorch_lightning.trainer.connectors.checkpoint_connector",
                          "lightning.pytorch.trainer.connectors.checkpoint_connector")  # fmt: skip
 KNOWN_LOG_LINES: dict[str, tuple[str, ...]] = {
-    **{name: (r".*Tip: For seamless cloud logging.*litlogger",) for name in _RANK_ZERO},
+    **{name: (r".*Tip: For seamless cloud logging.*litlogger", r"GPU available: False, used: False$",
+              r"TPU available: False, using: 0 TPU cores$") for name in _RANK_ZERO},
+    **{name: (r"(\[rank: \d+\] )?Seed set to -?\d+$",) for name in _SEED},
     **{name: (r"`weights_only` was not set, defaulting to `False`",) for name in _CHECKPOINT_CONNECTOR},
+    "httpx": (r"HTTP Request: ",),
 }
 
 

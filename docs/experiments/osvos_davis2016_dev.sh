@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# OSVOS on ../shared/data/davis2016-dev, the measurements the README's OSVOS section asks for
+# OSVOS on ../shared/data/davis2016-dev, the measurements docs/osvos.md asks for
 # (not run yet: they need a GPU or many CPU hours). From the repository root:
 #
 #   CORRFLOW_CKPT=logs/corrflow/runs/<run>/checkpoints/final.ckpt bash docs/experiments/osvos_davis2016_dev.sh
@@ -13,14 +13,14 @@
 # snapping; for one parent ($CURVE_START), J&F against the one-shot steps. Writes, under $OUT:
 #   table.md                J&F, J, F per start, with and without snapping; one-shot seconds a video, s a frame
 #   curve.md                J&F, J, F and seconds against the one-shot steps ($CURVE_START's parent)
-#   osvos_steps_curve.png   J&F against one-shot fine-tuning steps (copy to docs/ for the README)
+#   osvos_steps_curve.png   J&F against one-shot fine-tuning steps (copy to docs/ for docs/results.md)
 # Environment: OUT (default logs/osvos_dev), STEPS (offline training steps, default 20000),
 # ONESHOT_STEPS (default: the method's), CURVE_STEPS (default "0 25 50 100 200 500 1000 2000"), CURVE_START
 # (whose parent the curve fine-tunes, default imagenet), DEVICE (auto), STARTS (default "random
 # corrflow imagenet"), PHASES (default "train propagate curve report": run a part, e.g. two starts in
 # two processes, then PHASES=report), EXTRA_FINETUNE / EXTRA_PROPAGATE (more overrides, space-separated).
 #
-# The README's CPU-budget table (2-core CPU, one thread a process) is this script with
+# The CPU-budget table of docs/results.md (2-core CPU, one thread a process) is this script with
 #   STEPS=300 EXTRA_FINETUNE="data.size=[128,128] data.batch_size=4 data.num_workers=0 trainer=cpu" \
 #   EXTRA_PROPAGATE="method.short_side=128" ONESHOT_STEPS=100 OUT=<folder> CORRFLOW_CKPT=<the STM table's checkpoint>
 # (its parts were run side by side, e.g. STARTS=imagenet PHASES="train propagate curve" next to

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CorrFlow pretraining on a 2-core CPU, judged on held-out video: the commands behind the README's
+# CorrFlow pretraining on a 2-core CPU, judged on held-out video: the commands behind docs/results.md's
 # "Pretraining on a CPU" curves. Trains experiment=corrflow_cpu on the unlabelled sample videos plus
 # the frames of the five STM training sequences, with the held-out monitor on the five STM test
 # sequences (CRW protocol, short side 160), once per encoder initialisation, side by side (one
@@ -9,7 +9,7 @@
 #   PHASES="train" / "score" / "plot" / "final" runs a part (default: train score plot final).
 #   final: the best checkpoint (checkpoints/best.ckpt of the release-init run) and its untrained
 #   start under the CRW protocol at short side 240 (the transfer to a larger scale), and the flow
-#   end-point error of the README's motion section.
+#   end-point error of docs/motion.md.
 set -euo pipefail
 set -f  # the [a,b] Hydra lists below are not globs
 DATA=${DATA:-../shared/data}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # STM on davis2016-dev from three backbone starts (random, a corrflow checkpoint, ImageNet Lite0),
 # beside CRW-protocol label propagation with the same corrflow encoder and with Lite0: the
-# commands behind the README's "STM on DAVIS-2016 dev" table, sized for a 2-core CPU.
+# commands behind the "STM on DAVIS-2016 dev" table of docs/results.md, sized for a 2-core CPU.
 #
 #   bash docs/experiments/stm_davis2016_dev.sh [DATA=../shared/data] [OUT=logs/stm_dev]
 #
@@ -20,7 +20,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/train_frames"
 
 # 1. The corrflow checkpoint: CorrFlow pretraining on the unlabelled sample videos plus the frames
-#    of the five training sequences (no test sequence), 128x128, batch 6. The README's run was
+#    of the five training sequences (no test sequence), 128x128, batch 6. The run of docs/results.md was
 #    started with trainer.max_steps=400 and stopped with Ctrl-C at step 151 (CheckpointOnStop
 #    writes last.ckpt there); set CORRFLOW_CKPT to skip this stage.
 if [[ -z "${CORRFLOW_CKPT:-}" ]]; then
