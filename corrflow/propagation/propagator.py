@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.profiler import record_function
 
 from corrflow.attention import restricted_attention
 from corrflow.propagation.functional import (
@@ -144,7 +145,8 @@ class LabelPropagator:
         """(3, H, W) or (1, 3, H, W) RGB in [0, 1] -> (1, C, h, w) features (L2-normalised if set)."""
         x = frame if frame.dim() == 4 else frame[None]
         x = pad_to_stride(x.to(self.device, torch.float32), self.stride)
-        feats = self.features(x)
+        with record_function("propagate.encoder"):
+            feats = self.features(x)
         grid = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
         if tuple(feats.shape[-2:]) != grid:
             raise ValueError(
@@ -297,7 +299,8 @@ class LabelPropagator:
         return self._ring
 
     def _propagate_regions(self, query: Tensor, first_feats: Tensor, first_labels: Tensor) -> Tensor:
-        keys, values = self._sync_ring()
+        with record_function("propagate.layout"):
+            keys, values = self._sync_ring()
         return mixed_context_attention_regions(
             query, first_feats, first_labels, keys, values,
             radius=self.radius, temperature=self.temperature, topk=self.topk, tile=self._TILE, window=self.window,

@@ -50,6 +50,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+from torch.autograd.profiler import record_function
 from tqdm import tqdm
 
 from corrflow.propagation.distributed import Ranks, launch_torchrun, shard_by_frames, under_torchrun
@@ -207,7 +208,8 @@ def propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, p
     def write(t: int, frame: np.ndarray, pred: Tensor | None) -> None:
         decoded = session.emit(t, pred)
         if recorder is not None and recorder.wants(t):
-            recorder.add(t, session.draw(frame, decoded))
+            with record_function("propagate.overlay"):
+                recorder.add(t, session.draw(frame, decoded))
 
     with OrderedWriter(max_pending=2 * background) as writer:
 
@@ -222,12 +224,23 @@ def propagate_video(video, *, segmenter, targets, results_dir: Path, recorder, p
     return total
 
 
+def _decoded(video, session) -> Iterator[tuple[int, np.ndarray, Tensor]]:
+    """(t, the frame as read, the frame as the features see it) from the start frame on."""
+    frames = video.frames(session.start)
+    for t in range(session.start, len(video)):
+        with record_function("propagate.decode"):
+            frame = next(frames, None)
+            if frame is None:
+                return
+            image = _image(session, frame)
+        yield t, frame, image
+
+
 def _propagate_forward(video, session, segmenter, emit, *, progress: bool, background: int) -> int:
     """From the start frame to the end, objects joining where the plan says."""
     entries = session.plan.entries if hasattr(session, "plan") else {}
     total = len(video) - session.start
-    decoded = ((t, frame, _image(session, frame)) for t, frame in enumerate(video.frames(session.start), start=session.start))
-    frames = prefetch(decoded, depth=background)
+    frames = prefetch(_decoded(video, session), depth=background)
     if progress:
         frames = tqdm(frames, total=total, desc=video.name, unit="frame", leave=False)
     # a segmenter whose frames do not depend on each other (OSVOS) takes them batch_frames at a time

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.profiler import record_function
 
 from corrflow.data.davis import object_ids
 from corrflow.models.corrflow import resize_index_map
@@ -342,12 +343,13 @@ class MaskSession:
         if given is not None and given[2]:
             ids = torch.from_numpy(np.asarray(given[0]).astype(np.int64))
         else:
-            pred = pred.float().cpu()
-            if self.label_resize == "bilinear":
-                full = resize_labels(pred, self.size)
-            else:
-                full = upsample_labels(pred, self.size, self.stride)
-            ids = labels_to_ids(full, self.ids)
+            with record_function("propagate.labels_to_ids"):
+                pred = pred.float().cpu()
+                if self.label_resize == "bilinear":
+                    full = resize_labels(pred, self.size)
+                else:
+                    full = upsample_labels(pred, self.size, self.stride)
+                ids = labels_to_ids(full, self.ids)
             if given is not None:
                 mask = torch.from_numpy(np.asarray(given[0]).astype(np.int64))
                 joined = torch.zeros_like(mask, dtype=torch.bool)
@@ -357,7 +359,8 @@ class MaskSession:
         ids = ids.numpy().astype(np.uint8)
         if self.write is None or t in self.write:
             name = self.names[t] if self.names is not None else f"{t:05d}"
-            write_indexed_png(self.out_dir / f"{name}.png", ids)
+            with record_function("propagate.png"):
+                write_indexed_png(self.out_dir / f"{name}.png", ids)
         return ids
 
     @staticmethod
