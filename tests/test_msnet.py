@@ -9,6 +9,7 @@ import random
 from functools import partial
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 from omegaconf import open_dict
@@ -94,8 +95,7 @@ def test_msnet_experiment_trains_and_validates(motion_root: Path, tmp_path: Path
     metrics, objs = finetune(cfg)
     assert objs["model"].net.backbone.motion is not None
     for key in ("train/loss", "val/top1", "val/top5"):
-        assert key in metrics
-    assert metrics["val/top5"] == 1.0  # 4 classes
+        assert key in metrics  # (with 4 classes top-5 is 1 whatever the network: how well it learns is the test below)
     ckpt = torch.load(objs["final_ckpt"], map_location="cpu", weights_only=False)
     assert ckpt["corrflow"]["kind"] == "msnet" and ckpt["corrflow"]["classifier"]["n_classes"] == 4
     assert ckpt["corrflow"]["backbone"]["motion"]["settings"]["correlation"] == "relu"  # the release's default, recorded
@@ -103,6 +103,55 @@ def test_msnet_experiment_trains_and_validates(motion_root: Path, tmp_path: Path
     trained = objs["model"].net.eval()
     clip = torch.rand(2, 4, 3, 32, 32)
     torch.testing.assert_close(net(clip), trained(clip))
+
+
+def precise_batch_norm(module: torch.nn.Module, clips: torch.Tensor, *, batch: int = 16) -> None:
+    """Every BatchNorm's running statistics recomputed as the plain average over ``clips``
+    (B, T, 3, H, W) through the training-mode network: after a few dozen steps, the running
+    averages still mostly hold the early, random network's statistics."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    module.train()
+    with torch.no_grad():
+        for i in range(0, len(clips), batch):
+            module(clips[i : i + batch])
+    for m in norms:
+        m.momentum = 0.1
+
+
+def test_msnet_learns_the_direction_of_motion(tmp_path: Path) -> None:
+    """MSNet as configured (conf/model/msnet.yaml, the CRW-variant backbone), 40 SGD steps on 32
+    generated videos of four directions (a fresh texture each, so motion is the only cue), reaches
+    a top-1 of at least 0.5 on 32 held-out videos (chance: 0.25; 0.69 measured)."""
+    root = write_moving_texture_videos(tmp_path / "motion", videos_per_class=16, n_frames=4, size=(32, 32), step=8)
+    cfg = compose_finetune_cfg(tmp_path, [f"data.root={root}", *TINY])
+    torch.manual_seed(0)
+    lit = hydra.utils.instantiate(cfg.model)
+    optimizer = lit.configure_optimizers()
+
+    def clips(split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = ActionVideoDataset(root=root, split=split, n_segments=4, size=(32, 32), val_every=2)
+        items = [ds[(i, seed + i)] for i in range(len(ds))]
+        return torch.stack([x["frames"] for x in items]), torch.tensor([x["label"] for x in items])
+
+    train_x, train_y = clips("train", 0)
+    val_x, val_y = clips("val", 0)
+    assert len(train_y) == len(val_y) == 32 and train_y.bincount().tolist() == [8] * 4
+    g = torch.Generator().manual_seed(0)
+    lit.train()
+    for _ in range(40):
+        idx = torch.randperm(len(train_y), generator=g)[:8]
+        loss = lit.model_step({"frames": train_x[idx], "label": train_y[idx]})["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    precise_batch_norm(lit.net, train_x)
+    lit.eval()
+    with torch.no_grad():
+        top1 = float(topk_accuracy(lit.net(val_x), val_y, 1))
+    assert top1 >= 0.5, f"held-out top-1 {top1:.3f} (chance 0.25)"
 
 
 def _save_msnet(path: Path, *, seed: int = 0, **motion) -> ActionLitModule:

@@ -161,6 +161,59 @@ def test_stm_takes_keyframes_and_refuses_late_objects(tmp_path: Path) -> None:
     assert not (tmp_path / "o" / "results").exists()
 
 
+def _stm_pass(net, frames: list, start: int, order: list[int], gt: np.ndarray):
+    """{t: (1 + N, H, W) probabilities} of a fresh STMInference started at frame ``start`` with its
+    ground truth and fed the frames ``order``: a pass that remembers nothing from before."""
+    from corrflow.models.segmenters import STMInference
+
+    state = STMInference(net, every=5, max_frames=20)
+    state.step(frames[start], gt[start])
+    return {t: state.step(frames[t]) for t in order}, state.object_ids
+
+
+def test_stm_keyframe_passes_each_start_from_an_empty_memory(tmp_path: Path) -> None:
+    """Keyframes 0, 3 and 6 of 9 frames: the frames of each span are the linear fusion of a forward
+    pass from the earlier keyframe and a backward pass from the later one, and each pass equals
+    STMInference started afresh at its keyframe, by hand. A backward pass that kept the memory
+    of the forward pass before it (frames 0-2 in the pass from 6) gives other predictions."""
+    import torch
+    from PIL import Image
+
+    from corrflow.models.segmenters import load_segmenter
+    from tests.test_propagation_stm import save_stm_checkpoint
+
+    n, keys = 9, (0, 3, 6)
+    ckpt = save_stm_checkpoint(tmp_path / "stm.ckpt")
+    # the mask inputs' weights as after training (zero at the start: the memory would not see the masks)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    weight = saved["state_dict"]["net.memory_encoder.extra_conv.weight"]
+    weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    torch.save(saved, ckpt)
+    root = make_davis_tree(tmp_path / "DAVIS", {SEQ: n})
+    out = tmp_path / "out"
+    propagate(compose_cfg("task=davis", "method=stm", f"ckpt={ckpt}", f"data.root={root}", f"output_dir={out}", "score=false",
+                          "overlay=null", f"task.keyframes=[{','.join(map(str, keys))}]"))  # fmt: skip
+    got = _preds(out, n)
+    gt = np.stack([read_indexed_png(root / "Annotations" / "480p" / SEQ / f"{t:05d}.png") for t in range(n)])
+    frames = [torch.from_numpy(np.array(Image.open(root / "JPEGImages" / "480p" / SEQ / f"{t:05d}.png").convert("RGB"))).permute(2, 0, 1).float() / 255
+              for t in range(n)]  # fmt: skip
+    net = load_segmenter(ckpt)
+    want = gt.copy()  # the keyframes as given
+    for a, b, span in segments(keys, n):
+        fwd, ids = _stm_pass(net, frames, a, list(span), gt) if a is not None else ({}, None)
+        bwd, ids = _stm_pass(net, frames, b, list(reversed(span)), gt) if b is not None else ({}, ids)
+        for t in span:
+            if a is not None and b is not None:
+                wf, wb = fusion_weights(t, a, b)
+                probs = wf * fwd[t] + wb * bwd[t]
+            else:
+                probs = fwd[t] if a is not None else bwd[t]
+            want[t] = np.array([0, *ids], np.uint8)[probs.argmax(0).numpy()]
+    assert (want[[1, 2, 4, 5, 7, 8]] != 0).any()  # something was propagated
+    for t in range(n):
+        np.testing.assert_array_equal(got[t], want[t], err_msg=f"frame {t}")
+
+
 @pytest.mark.slow  # about 8 s: two runs, a plain one, and matplotlib
 def test_keyframe_study_writes_table_rows_and_plot(tmp_path: Path) -> None:
     """tools/benchmark.py keyframes: one run a setting; count_1 scores as the plain run does."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from corrflow.lit.segmenter_module import SegmenterLitModule
 from corrflow.models.backbone import SegmentationBackbone
 from corrflow.models.segmenters.checkpoint import FORMAT
+from corrflow.utils.seeding import derive_seed, seeded_device_rng
 
 __all__ = ["ActionLitModule", "topk_accuracy"]
 
@@ -32,6 +33,9 @@ class ActionLitModule(SegmenterLitModule):
         backbone: the per-frame backbone (``model.backbone``: init random | imagenet | a corrflow checkpoint).
         net: a partial :class:`~corrflow.models.video_classifier.VideoClassifier`, called with ``backbone``.
         optimizer: a partial optimizer.
+        seed: the training steps' random draws (dropout) come from a stream derived from (seed,
+            rank, global step), as pretraining's: a resumed run draws what the uninterrupted one
+            would, and DDP ranks draw differently.
 
     Logged: ``train/loss``, ``train/top1``, ``val/loss``, ``val/top1``, ``val/top5`` (epoch means),
     ``train/skipped_samples``.
@@ -45,9 +49,15 @@ class ActionLitModule(SegmenterLitModule):
         backbone: SegmentationBackbone,
         net: Callable[..., nn.Module],
         optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.SGD, lr=0.01, momentum=0.9),
+        seed: int | None = 0,
     ) -> None:
         super().__init__(backbone=backbone, net=net, optimizer=optimizer)
         self.last_pictures = None
+        self.seed = seed
+
+    def step_seed(self) -> int:
+        """The seed of this training step's random draws: a function of (seed, rank, global step) only."""
+        return derive_seed(self.seed or 0, "train-step", self.global_rank, self.global_step)
 
     def setup(self, stage: str) -> None:
         classes = getattr(getattr(self.trainer, "datamodule", None), "classes", None)
@@ -62,7 +72,8 @@ class ActionLitModule(SegmenterLitModule):
         return {"loss": F.cross_entropy(logits, labels), "top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        out = self.model_step(batch)
+        with seeded_device_rng(self.step_seed(), self.device):  # the dropout masks
+            out = self.model_step(batch)
         self.check_loss(out["loss"])
         self.count_skipped(batch)
         bs = batch["frames"].shape[0]

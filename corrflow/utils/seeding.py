@@ -30,6 +30,20 @@ def derive_seed(seed: int, *keys: int | str) -> int:
 
 
 @contextmanager
+def seeded_device_rng(seed: int, device: torch.device | str) -> Iterator[None]:
+    """Within the block, the generator of ``device`` (and torch's CPU generator) is seeded with
+    ``seed``; both states are restored afterwards. For draws made on the device itself (dropout
+    on a GPU takes the CUDA generator, not the CPU one)."""
+    device = torch.device(device)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)  # the current device: Lightning makes it the module's
+        yield
+
+
+@contextmanager
 def seeded_cpu_rng(seed: int) -> Iterator[random.Random]:
     """Within the block, torch's default CPU generator is seeded with ``seed`` (its state before the
     block is restored afterwards; CUDA generators are untouched). Yields a ``random.Random(seed)``
