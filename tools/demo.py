@@ -24,6 +24,9 @@ register_help_resolver()  # `--help` lists this tool's config groups (conf/demo.
 def main(cfg: DictConfig) -> None:
     quiet_third_party()  # known third-party tips and warnings (corrflow.utils.quiet)
     from corrflow.demo.app import build_app, serve
+    from corrflow.utils.threads import set_threads
+
+    set_threads(cfg.get("threads", "auto"))  # the cores this process may use (corrflow.utils.threads)
 
     app = build_app(
         ckpt=cfg.ckpt, device=cfg.device, samples_dir=cfg.samples_dir, sample=cfg.sample, features=cfg.features,

@@ -135,7 +135,8 @@ def run_profile(*, root: str | None, sequence: str | None, features: str, frames
         n2, secs_bg, _ = once(2, Path(tmp) / "overlapped")
         from torch.profiler import ProfilerActivity, profile
 
-        prof = profile(activities=[ProfilerActivity.CPU])
+        cuda = dev.type == "cuda"  # then a stage's time is its kernels' GPU time (the CPU only launches them)
+        prof = profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])])
         with _quiet_stderr():  # the profiler's C++ start/stop lines
             prof.start()
         try:
@@ -143,7 +144,11 @@ def run_profile(*, root: str | None, sequence: str | None, features: str, frames
         finally:
             with _quiet_stderr():
                 prof.stop()
-        totals = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in STAGES}
+        totals = {
+            e.key: (max(e.cpu_time_total, getattr(e, "device_time_total", 0)) if cuda else e.cpu_time_total) / 1e6
+            for e in prof.key_averages()
+            if e.key in STAGES
+        }
         hw = tuple(video.frame(0).shape[:2])
     stride = extractor.stride
     h, w = -(-hw[0] // stride), -(-hw[1] // stride)
