@@ -25,6 +25,8 @@ for a ResNet every residual layer and the head from ``finest_stride`` on (CorrFl
 layer3, layer4, head, all at stride 4; CRW: layer1 at 4, then layer2, layer3, head at 8), for
 Lite0 the last block at each stride (the stride maps). OSVOS's side outputs read these: a network
 that keeps one stride (CorrFlow's) still has four stages to supervise. No parameters are added.
+``backbone.forward_with_stages(image, extra=None, *, stages)`` hands out both from one pass: the
+maps and the named side stages' outputs (STM's ``kv_stage`` reads CorrFlow's layer4 this way).
 
 A motion module (MotionSqueeze, :class:`corrflow.models.motion_squeeze.MotionSqueeze`) can be
 inserted after a stage (``motion``, a partial taking the stage's channels; ``motion_after``, the
@@ -300,30 +302,31 @@ class SegmentationBackbone(nn.Module):
         return x
 
     def _forward_maps(self, image: Tensor, extra: Tensor | None) -> dict[int, Tensor]:
+        return self._forward_maps_and_stages(image, extra, frozenset())[0]
+
+    def _forward_maps_and_stages(
+        self, image: Tensor, extra: Tensor | None, stages: frozenset[str], *, maps: bool = True
+    ) -> tuple[dict[int, Tensor], dict[str, Tensor]]:
         x = self._stem(image, extra)
         feats: dict[int, Tensor] = {}
+        named: dict[str, Tensor] = {}
         for i, name in enumerate(self._stages):
             x = self.encoder.get_submodule(name)(x)
             if i == self._motion_index:
                 x = self.motion(x)
             if i in self._taps:
                 feats[self._taps[i]] = x
+            if name in stages:
+                named[name] = x
+                if not maps and len(named) == len(stages):
+                    return {}, named
         for s in self._pooled:
             k = s // self._deepest
             feats[s] = F.avg_pool2d(x, kernel_size=k, stride=k)
-        return feats
+        return feats, named
 
     def _forward_stages(self, image: Tensor, extra: Tensor | None) -> dict[str, Tensor]:
-        x = self._stem(image, extra)
-        want = set(self.side_stages)
-        feats: dict[str, Tensor] = {}
-        for i, name in enumerate(self._stages):
-            x = self.encoder.get_submodule(name)(x)
-            if i == self._motion_index:
-                x = self.motion(x)
-            if name in want:
-                feats[name] = x
-        return feats
+        return self._forward_maps_and_stages(image, extra, frozenset(self.side_stages), maps=False)[1]
 
     def forward_stages(self, image: Tensor, extra: Tensor | None = None) -> dict[str, Tensor]:
         """The side stages' outputs: ``image`` (B, 3, H, W) RGB in [0, 1] (``extra`` as for
@@ -337,6 +340,35 @@ class SegmentationBackbone(nn.Module):
         channels. Returns {stride: (B, channels[stride], H / stride, W / stride)}."""
         self._check_inputs(image, extra)
         return self._forward_maps(image, extra)
+
+    def forward_with_stages(
+        self, image: Tensor, extra: Tensor | None = None, *, stages: tuple[str, ...], maps: bool = True
+    ) -> tuple[dict[int, Tensor], dict[str, Tensor]]:
+        """:meth:`forward`'s maps and, from the same pass, the outputs of the named side
+        ``stages``: ({stride: (B, channels[stride], H / stride, W / stride)}, {name: (B,
+        stage_channels[name], H / s, W / s)}, s = stage_strides[name]). ``maps=False``: the pass
+        stops at the last named stage and the maps are ``{}`` (the layers after it, see
+        :meth:`modules_after`, are not run).
+
+        Raises:
+            ValueError: a name that is not one of ``side_stages``.
+        """
+        unknown = [n for n in stages if n not in self.side_stages]
+        if unknown:
+            raise ValueError(f"no side stage {', '.join(map(repr, unknown))}: the side stages are {', '.join(self.side_stages)}")
+        self._check_inputs(image, extra)
+        return self._forward_maps_and_stages(image, extra, frozenset(stages), maps=maps)
+
+    def modules_after(self, stage: str) -> list[nn.Module]:
+        """The modules a pass runs after side stage ``stage``'s output: the later stages, and the
+        motion module where it follows one of them (what ``forward_with_stages(maps=False)`` skips)."""
+        if stage not in self.side_stages:
+            raise ValueError(f"no side stage {stage!r}: the side stages are {', '.join(self.side_stages)}")
+        i = self._stages.index(stage)
+        later = [self.encoder.get_submodule(name) for name in self._stages[i + 1 :]]
+        if self.motion is not None and self._motion_index > i:
+            later.append(self.motion)
+        return later
 
     def _check_inputs(self, image: Tensor, extra: Tensor | None) -> None:
         if image.ndim != 4 or image.shape[1] != 3:

@@ -4,6 +4,8 @@
 # commands behind the "STM on DAVIS-2016 dev" table of docs/results.md, sized for a 2-core CPU.
 #
 #   bash docs/experiments/stm_davis2016_dev.sh [DATA=../shared/data] [OUT=logs/stm_dev]
+#   (STARTS="corrflow" runs one start; EXTRA_FINETUNE="model.net.kv_stage=layer4" adds overrides to both
+#   fine-tuning stages, e.g. STM's keys from layer4: OUT=logs/stm_dev_layer4)
 #
 # Split (chosen once, used by every fine-tuning head): train on bmx-trees, breakdance,
 # car-roundabout, dance-twirl, paragliding-launch; test on car-shadow, drift-chicane, kite-surf,
@@ -39,8 +41,8 @@ fi
 #    128x128 crops, batch 4, Adam 1e-4 (ten times the paper's 1e-5, for a 250-step budget).
 COMMON="model=stm_narrow data.root=$DAVIS data.year=2016 data.split=dev data.sequences=$TRAIN data.size=[128,128]
   data.batch_size=4 data.num_workers=0 trainer=cpu model.optimizer.lr=1e-4 callbacks.segmentation_images.every_n_steps=100
-  callbacks.last_checkpoint.every_n_train_steps=50"
-for start in random imagenet corrflow; do
+  callbacks.last_checkpoint.every_n_train_steps=50 ${EXTRA_FINETUNE:-}"
+for start in ${STARTS:-random imagenet corrflow}; do
   init=$start; [[ $start == corrflow ]] && init=$CORRFLOW_CKPT
   python tools/finetune.py experiment=stm_static model.backbone.init="$init" $COMMON trainer.max_steps=150 hydra.run.dir="$OUT/stm_$start/static"
   python tools/finetune.py experiment=stm ckpt_path="$OUT/stm_$start/static/checkpoints/final.ckpt" $COMMON trainer.max_steps=100 hydra.run.dir="$OUT/stm_$start/main"

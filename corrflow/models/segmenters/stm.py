@@ -4,13 +4,25 @@ ICCV 2019), on a :class:`~corrflow.models.backbone.SegmentationBackbone`.
 - A query encoder (the backbone, RGB) and a memory encoder (a copy of it taking RGB + the
   object's mask + the other objects' mask, the extra channels zero-initialised), each with 3x3 key
   (``key_dim``, 128) and value (``value_dim``, 512) heads on the backbone's coarsest map (stride 8
-  or 16, whatever the backbone reaches).
+  or 16, whatever the backbone reaches), or, with ``kv_stage``, on a named side stage of the
+  backbone average-pooled to that stride (see below).
 - The memory read (:func:`~corrflow.models.segmenters.functional.memory_read`): softmax over all
   memory positions of k_M . k_Q / sqrt(d_k), optionally over the top-k only; the read values are
   concatenated with the query value.
-- A decoder refining with the backbone's finer maps (1/8 where the keys are at 1/16, and 1/4)
-  to a foreground logit at 1/4, bilinearly upsampled to full resolution; one pass per object,
-  merged by soft aggregation into (N + 1)-way logits (background first).
+- A decoder refining with the backbone maps the heads do not read (1/8 where the keys are at
+  1/16, and 1/4) to a foreground logit at 1/4, bilinearly upsampled to full resolution; one pass
+  per object, merged by soft aggregation into (N + 1)-way logits (background first).
+
+Where the keys and values come from (``kv_stage``): the release (Oh et al.) reads them from
+ResNet-50's res4 (1024-d, stride 16) and refines at res3 (stride 8) and res2 (stride 4). On the
+CorrFlow encoder, which stays at stride 4 and ends in a 3x3 conv to 64-d, the default
+(``kv_stage=None``: the coarsest map) is that 64-d head average-pooled to stride 8, and the decoder
+refines once, at stride 4. ``kv_stage='layer4'`` reads the 256-d layer4 instead, average-pooled to
+stride 8 (no new parameters), and since the heads then no longer read the backbone's stride-8 map
+(the head pooled), the decoder refines with it first: a stride-8 refinement stage (the release's
+res3 place), then the stride-4 one. Any side stage of the backbone (``backbone.side_stages``) whose
+stride divides the backbone's can be named; on the CRW variant and Lite0, whose coarsest maps are
+already the deepest wide stage, the default is the release's arrangement.
 
 :class:`STMInference` holds one video's memory: the first frame, every ``every``-th frame (the
 oldest dropped past ``max_frames``) and the previous frame.
@@ -55,8 +67,9 @@ class STMDecoder(nn.Module):
 
     Args:
         in_channels: channels of the decoder input (read values + query value).
-        skip_channels: {stride: channels} of the backbone maps finer than the key stride, each
-            merged in turn, coarse to fine.
+        skip_channels: {stride: channels} of the backbone maps it refines with, each merged in
+            turn, coarse to fine (the maps finer than the key stride; with ``kv_stage``, the map at
+            the key stride first).
         dim: the decoder's width.
     """
 
@@ -104,6 +117,11 @@ class STMSegmenter(nn.Module):
         key_dim, value_dim: widths of the key and value heads (128 and 512 in the paper).
         decoder_dim: the decoder's width (256 in the paper).
         topk: memory read over the k largest affinities of each query position (None: all).
+        kv_stage: None (the backbone's coarsest map feeds the key and value heads, and the decoder
+            refines with the finer maps) or the name of a side stage of the backbone (the CorrFlow
+            encoder's 'layer4') whose output, average-pooled to the backbone's stride, feeds
+            them; the decoder then refines with every backbone map up to the backbone's stride
+            (a refinement at the key stride too). See the module docstring.
 
     Frames of any size: they are padded (bottom, right, replicating the border) to a multiple of
     the backbone's stride and the logits cropped back.
@@ -117,21 +135,40 @@ class STMSegmenter(nn.Module):
         value_dim: int = 512,
         decoder_dim: int = 256,
         topk: int | None = None,
+        kv_stage: str | None = None,
     ) -> None:
         super().__init__()
         if backbone.extra_in_channels:
             raise ValueError("STM builds its memory encoder's extra inputs itself: give a backbone with extra_in_channels=0")
         if topk is not None and topk < 1:
             raise ValueError(f"topk must be >= 1 or null, got {topk}")
-        self.config: dict[str, Any] = {"key_dim": key_dim, "value_dim": value_dim, "decoder_dim": decoder_dim, "topk": topk}
+        self.config: dict[str, Any] = {"key_dim": key_dim, "value_dim": value_dim, "decoder_dim": decoder_dim, "topk": topk, "kv_stage": kv_stage}
         self.topk = topk
         self.stride = backbone.stride
-        deep = backbone.channels[backbone.stride]
+        self.kv_stage = kv_stage
+        if kv_stage is None:
+            deep = backbone.channels[backbone.stride]
+            skips = {s: backbone.channels[s] for s in backbone.strides if s < backbone.stride}
+            self._kv_pool = 1
+        else:
+            if kv_stage not in backbone.side_stages:
+                raise ValueError(f"kv_stage must be null or one of the backbone's side stages ({', '.join(backbone.side_stages)}), got {kv_stage!r}")
+            stage_stride = backbone.stage_strides[kv_stage]
+            if backbone.stride % stage_stride:
+                raise ValueError(f"kv_stage {kv_stage!r} is at stride {stage_stride}, which does not divide the backbone's stride {backbone.stride}")
+            deep = backbone.stage_channels[kv_stage]
+            skips = {s: backbone.channels[s] for s in backbone.strides if s <= backbone.stride}
+            self._kv_pool = backbone.stride // stage_stride
         self.query_encoder = backbone
         self.memory_encoder = backbone.with_extra_inputs(2)
+        if kv_stage is not None:
+            # the memory encoder's layers after kv_stage are not run (only the query's maps feed the
+            # decoder): kept as copied, frozen, so that no trainable parameter goes without a gradient
+            # (DDP's rule) and the two encoders keep one layout
+            for module in self.memory_encoder.modules_after(kv_stage):
+                module.requires_grad_(False)
         self.query_key, self.query_value = conv3x3(deep, key_dim), conv3x3(deep, value_dim)
         self.memory_key, self.memory_value = conv3x3(deep, key_dim), conv3x3(deep, value_dim)
-        skips = {s: backbone.channels[s] for s in backbone.strides if s < backbone.stride}
         self.decoder = STMDecoder(in_channels=2 * value_dim, skip_channels=skips, dim=decoder_dim)
         self.output_stride = min(skips) if skips else backbone.stride
 
@@ -141,6 +178,19 @@ class STMSegmenter(nn.Module):
         return self.query_encoder
 
     # -- encoders ------------------------------------------------------------------------------
+    def _encode(self, encoder: SegmentationBackbone, image: Tensor, extra: Tensor | None = None, *, maps: bool = True) -> tuple[dict[int, Tensor], Tensor]:
+        """One encoder pass: (its maps {stride: (B, C_s, H/s, W/s)}, what the key and value heads
+        read (B, C, H/stride, W/stride): the coarsest map, or ``kv_stage`` pooled to the stride).
+        ``maps=False`` with ``kv_stage``: the pass stops at that stage and the maps are ``{}``."""
+        if self.kv_stage is None:
+            feats = encoder(image, extra)
+            return feats, feats[self.stride]
+        feats, named = encoder.forward_with_stages(image, extra, stages=(self.kv_stage,), maps=maps)
+        deep = named[self.kv_stage]
+        if self._kv_pool > 1:
+            deep = F.avg_pool2d(deep, kernel_size=self._kv_pool, stride=self._kv_pool)
+        return feats, deep
+
     def encode_memory(self, image: Tensor, prob: Tensor, *, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Memory key and value of one frame, per object.
 
@@ -160,8 +210,7 @@ class STMSegmenter(nn.Module):
         others = (prob.sum(dim=1, keepdim=True) - prob).clamp(0, 1)
         extra = torch.stack([prob, others], dim=2).flatten(0, 1)  # (B*N, 2, H, W)
         image = image.repeat_interleave(n, dim=0)
-        feats = self.memory_encoder(pad_to_stride(image, self.stride), pad_to_stride(extra, self.stride))
-        deep = feats[self.stride]
+        _, deep = self._encode(self.memory_encoder, pad_to_stride(image, self.stride), pad_to_stride(extra, self.stride), maps=False)
         key, value = self.memory_key(deep), self.memory_value(deep)
         return key.unflatten(0, (b, n)), value.unflatten(0, (b, n))
 
@@ -169,8 +218,7 @@ class STMSegmenter(nn.Module):
         """(B, 3, H, W) RGB in [0, 1] -> its :class:`QueryFeatures`."""
         size = (image.shape[-2], image.shape[-1])
         x = pad_to_stride(image, self.stride)
-        feats = self.query_encoder(x)
-        deep = feats[self.stride]
+        feats, deep = self._encode(self.query_encoder, x)
         return QueryFeatures(
             key=self.query_key(deep),
             value=self.query_value(deep),
