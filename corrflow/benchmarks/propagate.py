@@ -81,7 +81,12 @@ def run_propagate_benchmark(
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    enc = (crw_encoder() if encoder == "crw" else corrflow_encoder()).eval().to(dev)
+    if encoder == "lab":
+        from corrflow.features.lab import LabFeatures
+
+        enc = LabFeatures(stride=4).eval().to(dev)
+    else:
+        enc = (crw_encoder() if encoder == "crw" else corrflow_encoder()).eval().to(dev)
     video = torch.rand(frames, 3, height, width, device=dev)
     h, w = -(-height // enc.stride), -(-width // enc.stride)
     first = F.one_hot(torch.randint(0, n_objects + 1, (h, w), device=dev), n_objects + 1).permute(2, 0, 1).float()
@@ -110,7 +115,7 @@ def run_propagate_benchmark(
         diff = (last["ours"] - last["dense"]).abs().amax(0)
         rows[0]["max_diff"] = float(diff.max())  # against dense
         rows[0]["cells_differing"] = float((diff > 1e-3).float().mean())
-        per_frame = 256 * h * w * 4 / 2**30  # GiB of features the dense version keeps per frame
+        per_frame = {"crw": 256, "corrflow": 64, "lab": 3}[encoder] * h * w * 4 / 2**30  # GiB of features the dense version keeps per frame
         total = torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else None
         max_frames = int((total - peak_d + per_frame * frames) / per_frame) if total else f"memory / {per_frame:.4f} GiB"
         rows.append({"impl": "dense affinity", "frames": frames, "fps": frames / secs_d, "seconds": secs_d, "peak_gib": peak_d, "max_frames": max_frames})
@@ -120,7 +125,7 @@ def run_propagate_benchmark(
 def format_rows(rows: list[dict], *, device: str, height: int, width: int, encoder: str = "crw") -> str:
     base = next((r for r in rows if r["impl"] == "dense affinity"), None)
     earlier = next((r for r in rows if r["impl"].startswith("ours, regions")), None)
-    arch = "CRW encoder, stride 8, 256-d" if encoder == "crw" else "CorrFlow encoder, stride 4, 64-d"
+    arch = {"crw": "CRW encoder, stride 8, 256-d", "corrflow": "CorrFlow encoder, stride 4, 64-d", "lab": "Lab colour, stride 4, 3-d"}[encoder]
     out = [f"label propagation, CRW protocol, {height}x{width}, {arch}, on {device}",
            "| implementation | frames | frames/s | vs dense | vs earlier code | peak GPU GiB | longest video | cells differing (vs dense / vs ours) |",
            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--objects", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-dense", action="store_true")
-    p.add_argument("--encoder", choices=("crw", "corrflow"), default="crw", help="crw: 256-d at stride 8; corrflow: 64-d at stride 4")
+    p.add_argument("--encoder", choices=("crw", "corrflow", "lab"), default="crw",
+                   help="crw: 256-d at stride 8; corrflow: 64-d at stride 4; lab: Lab colour (3-d) at stride 4")
     p.add_argument("--profile", action="store_true", help="where one frame's time goes, end to end, on a real DAVIS-layout video "
                    "(corrflow/benchmarks/propagate_profile.py)")
     p.add_argument("--root", default=None, help="--profile: a DAVIS folder (default: one made from the embedded sample video)")
