@@ -328,15 +328,34 @@ def region_bias(h: int, w: int, radius: int, tile: int, window: str = "square", 
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
+@lru_cache(maxsize=32)
+def _region_index(h: int, w: int, radius: int, tile: int, window: str, device: str) -> Tensor:
+    """(nTiles * U,) positions in the padded frame (rows of ``h + 2 * reach`` rounded up to the tiles,
+    flattened) of each tile's :func:`region_keys`, tile after tile."""
+    reach = window_reach(radius, window)
+    s = tile + 2 * reach
+    nty, ntx = -(-h // tile), -(-w // tile)
+    wp = ntx * tile + 2 * reach  # the padded width
+    keep = region_keys(radius, tile, window)
+    ky, kx = keep // s, keep % s  # in the tile's region, whose corner is the tile origin in padded coordinates
+    oy = torch.arange(nty)[:, None, None] * tile
+    ox = torch.arange(ntx)[None, :, None] * tile
+    return ((oy + ky) * wp + ox + kx).reshape(-1).to(device)
+
+
 def frame_regions(x: Tensor, radius: int, tile: int, window: str = "square") -> Tensor:
     """(B, C, H, W) -> (B, nTiles, U, C), contiguous: each tile's key region (the tile grown by
     ``window_reach(radius, window)`` on every side, zero outside the frame), only the :func:`region_keys`
     that some query of the tile may see. Laid out once, when a frame enters the CRW context, so that
-    every later query frame reads it with a plain batched matrix multiply (a frame stays 20 frames)."""
-    b, c = x.shape[:2]
-    v = key_region_view(x, window_reach(radius, window), tile)  # (B, C, nTy, nTx, S, S)
-    v = v.reshape(b, c, v.shape[2] * v.shape[3], v.shape[4] * v.shape[5])  # (B, C, nTiles, SS): copies once
-    return v[:, :, :, region_keys(radius, tile, window).to(x.device)].permute(0, 2, 3, 1).contiguous()
+    every later query frame reads it with a plain batched matrix multiply (a frame stays 20 frames).
+    One gather from the zero-padded frame laid out channels-last."""
+    b, c, h, w = x.shape
+    reach = window_reach(radius, window)
+    nty, ntx = -(-h // tile), -(-w // tile)
+    xp = F.pad(x, (reach, reach + ntx * tile - w, reach, reach + nty * tile - h))  # (B, C, Hp, Wp)
+    flat = xp.flatten(2).transpose(1, 2).contiguous()  # (B, Hp*Wp, C): a copy the size of the features
+    idx = _region_index(h, w, radius, tile, window, str(x.device))
+    return flat[:, idx].view(b, nty * ntx, -1, c)
 
 
 @attention_in_float32
