@@ -45,23 +45,67 @@ def corrflow_ckpt(tmp_path):
     return write_pretraining_ckpt(tmp_path / "pretrain.ckpt", enc), enc
 
 
+# Each map's receptive field, from the architecture (not measured): cell j of the stride-s map
+# reads pixels [s*j - lo, s*j + hi]. CorrFlow: conv1 7x7/2 (7 px), layer1 four 3x3 at stride 2
+# (+16), layer2 3x3/2 then three 3x3 at stride 4 (+4 +24), layer3 and layer4 four 3x3 each at
+# stride 4 (+32 +32), the 3x3 head (+8): 123 px, +-61 around 4j; its stride-8 map averages cells
+# 2j and 2j+1: 8j - 61 .. 8j + 4 + 61. CRW (ResNet-18, max-pool, layer3 at stride 1): conv1 (7),
+# max-pool 3x3/2 (+4), layer1 (+32): 43 px at stride 4; layer2 (+8 +48), layer3 (+64): 163 px at 8.
+RECEPTIVE_FIELD = {("corrflow", 4): (61, 61), ("corrflow", 8): (61, 65), ("crw", 4): (21, 21), ("crw", 8): (81, 81)}
+
+
+def _cells_reading(p: int, s: int, lo: int, hi: int, n: int) -> tuple[int, int]:
+    """First and last cell of an n-cell stride-s map whose receptive field holds pixel p."""
+    return max(0, -(-(p - hi) // s)), min(n - 1, (p + lo) // s)
+
+
+def _cells_inside(s: int, lo: int, hi: int, n_pixels: int) -> range:
+    """The cells whose whole receptive field lies in the frame (no padding reaches them)."""
+    return range(-(-lo // s), (n_pixels - 1 - hi) // s + 1)
+
+
 @pytest.mark.parametrize(
     ("arch", "strides", "channels"),
     [("corrflow", (4, 8), {4: 64, 8: 64}), ("crw", (4, 8), {4: 64, 8: 256})],
 )
-def test_resnet_maps_shapes_and_gradients(arch, strides, channels):
-    bb = SegmentationBackbone(arch=arch, extra_in_channels=2)
+def test_resnet_maps_are_convolutional_at_their_stride_with_their_receptive_field(arch, strides, channels):
+    """Each map is translation-equivariant at its stride: the image and the extra inputs shifted
+    by 8 pixels shift the stride-s map by 8/s cells wherever no padding reaches; and a pixel of the
+    image, or of the extra inputs, changes exactly the cells whose receptive field holds it."""
+    bb = SegmentationBackbone(arch=arch, extra_in_channels=2).eval()
     assert bb.strides == strides and bb.channels == channels and bb.stride == strides[-1]
-    x = torch.rand(2, 3, 32, 48, requires_grad=True)
-    extra = torch.rand(2, 2, 32, 48)
-    feats = bb(x, extra)
+    with torch.no_grad():
+        bb.extra_conv.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))  # as after training
+    g = torch.Generator().manual_seed(1)
+    h, w = {"corrflow": (160, 176), "crw": (208, 224)}[arch]  # room for cells no padding reaches
+    shift = 8
+    big, big_extra = torch.rand(1, 3, h + shift, w + shift, generator=g), torch.rand(1, 2, h + shift, w + shift, generator=g)
+    image, extra = big[..., :h, :w], big_extra[..., :h, :w]
+    py, px = h // 2, w // 2 + 3
+    bumped, bumped_extra = image.clone(), extra.clone()
+    bumped[0, :, py, px] += 1.0
+    bumped_extra[0, :, py, px] += 1.0
+    with torch.no_grad():
+        feats = bb(image, extra)
+        moved = bb(big[..., shift:, shift:], big_extra[..., shift:, shift:])
+        by_pixel, by_extra = bb(bumped, extra), bb(image, bumped_extra)
     assert list(feats) == list(strides)
     for s, f in feats.items():
-        assert f.shape == (2, channels[s], 32 // s, 48 // s)
-    sum(f.square().mean() for f in feats.values()).backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    no_grad = [n for n, p in bb.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert no_grad == [], no_grad  # the zero extra conv gets a gradient too
+        assert f.shape == (1, channels[s], h // s, w // s)
+        lo, hi = RECEPTIVE_FIELD[(arch, s)]
+        k = shift // s
+        rows = [j for j in _cells_inside(s, lo, hi, h) if j + k in _cells_inside(s, lo, hi, h)]
+        cols = [j for j in _cells_inside(s, lo, hi, w) if j + k in _cells_inside(s, lo, hi, w)]
+        assert len(rows) >= 3 and len(cols) >= 3, (s, rows, cols)
+        r, c = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+        rk, ck = slice(rows[0] + k, rows[-1] + k + 1), slice(cols[0] + k, cols[-1] + k + 1)
+        torch.testing.assert_close(moved[s][..., r, c], f[..., rk, ck], rtol=1e-5, atol=1e-5, msg=lambda m, s=s: f"stride {s}: {m}")
+        want = (_cells_reading(py, s, lo, hi, h // s), _cells_reading(px, s, lo, hi, w // s))
+        for name, other in (("image", by_pixel), ("extra", by_extra)):
+            changed = (other[s] - f).abs().amax(dim=(0, 1)) > 0
+            ys, xs = changed.nonzero(as_tuple=True)
+            got = ((ys.min().item(), ys.max().item()), (xs.min().item(), xs.max().item())) if len(ys) else None
+            assert got == want, f"stride {s}, a pixel of the {name} at ({py}, {px}) changes cells {got}, expected {want}"
 
 
 def test_final_map_is_the_encoders_own_output():
@@ -202,22 +246,46 @@ def test_imagenet_lite0_maps_match_the_propagation_features():
 
 
 @needs_lite
-def test_random_lite0_and_gradients():
-    bb = SegmentationBackbone(arch="lite0", seed=0)
-    feats = bb(torch.rand(2, 3, 32, 32))
-    assert {s: tuple(f.shape) for s, f in feats.items()} == {4: (2, 24, 8, 8), 8: (2, 40, 4, 4), 16: (2, 112, 2, 2)}
-    feats[16].mean().backward()
-    assert bb.encoder.conv_stem.weight.grad.abs().sum() > 0
+def test_random_lite0_is_the_imagenet_network_with_drawn_weights():
+    """arch='lite0' is the very network init='imagenet' loads (checked against the propagation
+    features above): with the ImageNet weights loaded it gives the same maps; its own are drawn."""
+    rand, net = SegmentationBackbone(arch="lite0", seed=0).eval(), SegmentationBackbone(init="imagenet").eval()
+    assert rand.strides == (4, 8, 16) and rand.channels == {4: 24, 8: 40, 16: 112}
+    assert not torch.equal(rand.encoder.conv_stem.weight, net.encoder.conv_stem.weight)
+    rand.load_state_dict(net.state_dict())
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        for s, f in net(x).items():
+            torch.testing.assert_close(rand(x)[s], f, rtol=0, atol=0)
 
 
 def test_stride_range_is_configurable():
     """More maps on request (OSVOS-style side outputs): strides 2 .. 32 where the network has them."""
     bb = SegmentationBackbone(arch="corrflow", finest_stride=2, min_stride=16, max_stride=32)
     assert bb.strides == (2, 4, 8, 16) and bb.channels == {2: 64, 4: 64, 8: 64, 16: 64}  # 8, 16 pooled
-    feats = bb(torch.rand(1, 3, 32, 32))
+    x = torch.rand(1, 3, 32, 32)
+    e = bb.eval().encoder
+    with torch.no_grad():
+        feats = bb(x)
+        # by hand from the encoder's layers: layer1 is CorrFlow's stride-2 stage (no max-pool), the
+        # head its stride-4 output, and the coarser maps averages of its 2x2 and 4x4 blocks
+        s2 = e.layer1(e.relu(e.bn1(e.conv1(x))))
+        s4 = e.head(e.layer4(e.layer3(e.layer2(s2))))
+    want = {2: s2, 4: s4, 8: s4.unfold(2, 2, 2).unfold(3, 2, 2).mean(dim=(-1, -2)), 16: s4.unfold(2, 4, 4).unfold(3, 4, 4).mean(dim=(-1, -2))}
     assert {s: tuple(f.shape[-2:]) for s, f in feats.items()} == {2: (16, 16), 4: (8, 8), 8: (4, 4), 16: (2, 2)}
+    for s, f in want.items():
+        torch.testing.assert_close(feats[s], f, msg=lambda m, s=s: f"stride {s}: {m}")
     resnet18 = SegmentationBackbone(arch={"maxpool": True, "layer_strides": [2, 2, 2], "layer4_channels": 512, "out_channels": None}, max_stride=32)
     assert resnet18.strides == (4, 8, 16, 32) and resnet18.channels == {4: 64, 8: 128, 16: 256, 32: 512}
+    e = resnet18.eval().encoder
+    with torch.no_grad():
+        feats = resnet18(x)
+        s4 = e.layer1(e.maxpool(e.relu(e.bn1(e.conv1(x)))))  # ResNet-18's own stages, one per stride
+        want = {4: s4, 8: e.layer2(s4)}
+        want[16] = e.layer3(want[8])
+        want[32] = e.layer4(want[16])
+    for s, f in want.items():
+        torch.testing.assert_close(feats[s], f, msg=lambda m, s=s: f"resnet18 stride {s}: {m}")
     assert SegmentationBackbone(arch="crw", min_stride=8).strides == (4, 8)
     with pytest.raises(ValueError, match="no stride-2 map"):
         SegmentationBackbone(arch="crw", finest_stride=2)

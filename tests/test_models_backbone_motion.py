@@ -37,19 +37,30 @@ def test_zero_start_keeps_pretrained_features(corrflow_ckpt) -> None:  # noqa: F
 
 
 def test_inserted_after_the_chosen_stage_only() -> None:
+    """The maps are the encoder's stages run by hand with the module applied to layer2's output:
+    layer1's map (stride 4) is untouched, the stride-8 map is layer3 of MotionSqueeze(layer2)."""
     bb = SegmentationBackbone(arch="crw", motion=MS, motion_after=2).eval()
-    plain = SegmentationBackbone(arch="crw").eval()
+    e = bb.encoder
     x = torch.rand(4, 3, 32, 48)
-    a, b = plain(x), bb(x)
-    torch.testing.assert_close(a[4], b[4])  # layer1, before it
-    assert not torch.allclose(a[8], b[8])  # layer2 and after
-    b[8].sum().backward()
-    assert bb.motion.reduce.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        feats = bb(x)
+        s4 = e.layer1(e.maxpool(e.relu(e.bn1(e.conv1((x - e.mean) / e.std)))))
+        plain8 = e.layer3(e.layer2(s4))
+        s8 = e.layer3(bb.motion(e.layer2(s4)))
+    torch.testing.assert_close(feats[4], s4)
+    torch.testing.assert_close(feats[8], s8)
+    assert not torch.allclose(s8, plain8)  # the module does change what follows it
 
 
 def test_motion_batch_norms_train_under_freeze_bn() -> None:
+    """A training step updates the motion module's BN statistics, never the frozen encoder's."""
     bb = SegmentationBackbone(motion=MS, freeze_bn=True).train()
     assert bb.motion.blocks[0][1].training and not bb.encoder.bn1.training
+    before = {k: v.clone() for k, v in bb.state_dict().items() if k.endswith("running_mean")}
+    bb(torch.rand(4, 3, 32, 48) * 3)
+    changed = {k for k, v in bb.state_dict().items() if k in before and not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("motion.") for k in changed), sorted(changed)
+    assert {k for k in before if k.startswith("motion.")} == changed  # every one of the module's
 
 
 def test_bad_stage_is_named() -> None:

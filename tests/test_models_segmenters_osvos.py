@@ -1,6 +1,7 @@
-"""OSVOSNet on the SegmentationBackbone's side stages: shapes at odd sizes for every backbone, three
-distinct sides on the CRW variant (whose identity head would repeat layer3), the fused output
-against an explicit upsample-concatenate-fuse reference in float64, gradients reach every side, the
+"""OSVOSNet on the SegmentationBackbone's side stages: for every backbone at odd sizes, the sides and
+the fused output (values and every parameter's gradient) against an explicit pad-upsample-score /
+concatenate-fuse-crop composition in float64; the stage maps against the encoder run by hand; three
+distinct sides on the CRW variant (whose identity head would repeat layer3), the
 training targets (foreground, boundaries), and the checkpoint round trip (old four-side CRW
 checkpoints included)."""
 
@@ -35,44 +36,59 @@ def backbone(arch: str) -> SegmentationBackbone:
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("size", [(33, 47), (29, 50)])
-def test_side_and_fused_shapes_at_odd_sizes(arch, stages, strides, size):
-    net = OSVOSNet(backbone=backbone(arch), side_channels=4)
+def test_sides_and_fused_at_odd_sizes_equal_the_explicit_composition_float64(arch, stages, strides, size):
+    """At sizes that are not multiples of the stride: pad, upsample each side stage's prepared map
+    to the padded size, score each (sides) and fuse their concatenation, crop. Values, and the
+    gradients of every parameter (so no side is cut off the graph), against that composition."""
+    torch.manual_seed(0)
+    net = OSVOSNet(backbone=backbone(arch), side_channels=4).double().eval()
     assert net.stages == stages and tuple(net.backbone.stage_strides[s] for s in stages) == strides
     assert net.config == {"n_sides": len(stages), "side_channels": 4, "stages": list(stages)}
-    x = torch.rand(2, 3, *size)
-    out = net(x)
-    assert out.sides.shape == (2, len(stages), *size) and out.fused.shape == (2, 1, *size)
-    assert torch.isfinite(out.fused).all()
-
-
-def test_stage_maps_have_the_advertised_strides_and_channels():
-    bb = backbone("crw")
-    feats = bb.forward_stages(torch.rand(1, 3, 32, 48))
-    assert list(feats) == list(bb.side_stages)
-    for name, f in feats.items():
-        s = bb.stage_strides[name]
-        assert f.shape == (1, bb.stage_channels[name], 32 // s, 48 // s)
-    # the stride maps are the same tensors as the last stage at each stride
-    maps = bb(torch.rand(1, 3, 32, 48).fill_(0.3))
-    again = bb.forward_stages(torch.rand(1, 3, 32, 48).fill_(0.3))
-    torch.testing.assert_close(maps[4], again["layer1"])
-    torch.testing.assert_close(maps[8], again["head"])
-
-
-def test_fused_equals_upsampling_the_prepared_maps_then_fusing_float64():
-    torch.manual_seed(0)
-    net = OSVOSNet(backbone=backbone("crw"), n_sides=3, side_channels=5).double().eval()
     with torch.no_grad():
         net.fuse.bias.fill_(0.7)
-    x = torch.rand(1, 3, 27, 37, dtype=torch.float64)
+    h, w = size
+    x = torch.rand(2, 3, h, w, dtype=torch.float64)
     out = net(x)
     padded = pad_to_stride(x, net.stride)
     feats = net.backbone.forward_stages(padded)
     ups = [F.interpolate(net.prep[net._key(s)](feats[s]), size=padded.shape[-2:], mode="bilinear", align_corners=False) for s in net.stages]
-    fused = net.fuse(torch.cat(ups, 1))[..., :27, :37]
-    sides = torch.cat([net.score[net._key(s)](u) for s, u in zip(net.stages, ups, strict=True)], 1)[..., :27, :37]
+    fused = net.fuse(torch.cat(ups, 1))[..., :h, :w]
+    sides = torch.cat([net.score[net._key(s)](u) for s, u in zip(net.stages, ups, strict=True)], 1)[..., :h, :w]
+    assert out.sides.shape == (2, len(stages), h, w) and out.fused.shape == (2, 1, h, w)
     torch.testing.assert_close(out.fused, fused, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out.sides, sides, rtol=1e-10, atol=1e-10)
+    g = torch.Generator().manual_seed(1)
+    ws, wf = torch.randn(sides.shape, generator=g, dtype=torch.float64), torch.randn(fused.shape, generator=g, dtype=torch.float64)
+    names, params = zip(*net.named_parameters(), strict=True)
+    got = torch.autograd.grad((out.sides * ws).sum() + (out.fused * wf).sum(), params, allow_unused=True)
+    want = torch.autograd.grad((sides * ws).sum() + (fused * wf).sum(), params, allow_unused=True)
+    for name, a, b in zip(names, got, want, strict=True):
+        if name.startswith(("prep", "score", "fuse")):
+            assert b is not None and b.abs().sum() > 0, name  # the composition reaches every side
+        assert (a is None) == (b is None), name
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_stage_maps_are_the_encoders_stages_run_by_hand():
+    """forward_stages hands out each named stage's output (the CRW encoder's layers run by hand)
+    at its advertised stride and width, and the stride maps are the last stage at each stride."""
+    bb = backbone("crw").eval()
+    e = bb.encoder
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        feats = bb.forward_stages(x)
+        want = {"layer1": e.layer1(e.maxpool(e.relu(e.bn1(e.conv1((x - e.mean) / e.std)))))}
+        want["layer2"] = e.layer2(want["layer1"])
+        want["layer3"] = want["head"] = e.layer3(want["layer2"])
+        maps = bb(x)
+    assert list(feats) == list(bb.side_stages) == list(want)
+    for name, f in feats.items():
+        s = bb.stage_strides[name]
+        assert f.shape == (1, bb.stage_channels[name], 32 // s, 48 // s)
+        torch.testing.assert_close(f, want[name], msg=lambda m, n=name: f"{n}: {m}")
+    torch.testing.assert_close(maps[4], want["layer1"])
+    torch.testing.assert_close(maps[8], want["head"])
 
 
 def test_crw_sides_read_three_distinct_tensors():
@@ -99,15 +115,6 @@ def test_stages_by_name():
             OSVOSNet(backbone=bb, stages=bad)
     with pytest.raises(ValueError, match="n_sides=3 but 2 stages"):
         OSVOSNet(backbone=bb, stages=["layer2", "head"], n_sides=3)
-
-
-def test_every_side_gets_gradients():
-    net = OSVOSNet(backbone=backbone("crw"), side_channels=4)
-    out = net(torch.rand(1, 3, 32, 32))
-    (out.sides.sum() + out.fused.sum()).backward()
-    for name, p in net.named_parameters():
-        if name.startswith(("prep", "score", "fuse")):
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_too_many_sides_names_the_stages():

@@ -54,14 +54,17 @@ def test_memory_read_matches_float64_reference(topk):
         assert torch.allclose(out, reference_read(qk, mk, mv, 1).float(), atol=1e-6)
 
 
-def test_memory_read_gradients_and_bad_shapes():
-    qk = torch.randn(1, 4, 2, 2, requires_grad=True)
-    mk = torch.randn(1, 2, 4, 2, 2, requires_grad=True)
-    mv = torch.randn(1, 2, 3, 2, 2, requires_grad=True)
-    for topk in (None, 3):
-        memory_read(qk, mk, mv, topk=topk).square().sum().backward()
-        assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (qk, mk, mv))
-        qk.grad = mk.grad = mv.grad = None
+@pytest.mark.parametrize("topk", [None, 3])
+def test_memory_read_gradients_match_the_float64_reference_and_bad_shapes(topk):
+    g = torch.Generator().manual_seed(2)
+    leaves = [torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True) for shape in ((1, 4, 2, 3), (1, 2, 4, 2, 2), (1, 2, 3, 2, 2))]
+    weight = torch.randn(1, 3, 2, 3, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((memory_read(*leaves, topk=topk, chunk_size=4) * weight).sum(), leaves)
+    want = torch.autograd.grad((reference_read(*leaves, topk=topk) * weight).sum(), leaves)
+    for name, a, b in zip(("query key", "memory key", "memory value"), got, want, strict=True):
+        assert b.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"d{n}: {m}")
+    qk, mk, mv = leaves
     with pytest.raises(ValueError, match="memory_key must be"):
         memory_read(qk, mk[:, :, :3], mv)
 
@@ -87,19 +90,41 @@ def test_soft_aggregation_hand_computed_and_sums_to_one():
 
 
 @pytest.mark.parametrize("arch", ["crw", "corrflow"])
-def test_stm_shapes_and_gradients_reach_every_module(arch):
-    net = narrow_stm(arch)
+def test_stm_follows_object_order_ignores_absent_objects_and_reads_its_inputs(arch):
+    """At a size that is not a multiple of the stride, in eval mode, with the memory encoder's
+    mask channels trained-looking (at zero it would ignore the masks): permuting the objects
+    permutes the output's object channels; an absent object's mask changes nothing and its
+    probability is 0; one sample's inputs do not reach another's output; changing a memory frame,
+    or one object's mask in it, changes the output."""
+    net = narrow_stm(arch).eval()
+    with torch.no_grad():
+        net.memory_encoder.extra_conv.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
     assert net.stride == 8 and net.output_stride == 4
+    g = torch.Generator().manual_seed(2)
     b, t, n, h, w = 2, 2, 3, 30, 45  # not multiples of the stride: padded and cropped
-    images = torch.rand(b, t, 3, h, w)
-    probs = torch.rand(b, t, n, h, w)
+    query, images, probs = torch.rand(b, 3, h, w, generator=g), torch.rand(b, t, 3, h, w, generator=g), torch.rand(b, t, n, h, w, generator=g)
     valid = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
-    logits = net(torch.rand(b, 3, h, w), images, probs, valid=valid)
+    run = torch.no_grad()(lambda *a, valid=valid: net(*a, valid=valid))
+    logits = run(query, images, probs)
     assert logits.shape == (b, n + 1, h, w)
-    torch.testing.assert_close(logits.softmax(1).sum(1), torch.ones(b, h, w))
-    torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (b, h, w))).backward()
-    missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert missing == [], missing
+    assert torch.all(logits[1].softmax(0)[3] == 0)  # sample 1's third object is absent
+    perm = [2, 0, 1]
+    permuted = run(query, images, probs[:, :, perm], valid=valid[:, perm])
+    # (float noise ~1e-6; the objects' channels differ by 2e-4 (corrflow) to 5e-2 (crw) here)
+    torch.testing.assert_close(permuted, logits[:, [0, *(1 + i for i in perm)]], rtol=0, atol=1e-5)
+    other = probs.clone()
+    other[1, :, 2] = torch.rand(t, h, w, generator=g)  # the absent object's mask
+    torch.testing.assert_close(run(query, images, other), logits, rtol=0, atol=0)
+    def changes(*args):  # per sample: changed by more than float noise, or exactly the same
+        diff = (run(*args) - logits).abs().amax(dim=(1, 2, 3))
+        assert all(d == 0 or d > 1e-5 for d in diff), diff
+        return [bool(d > 0) for d in diff]
+    other = probs.clone()
+    other[1, -1, 0] = 1 - other[1, -1, 0]  # sample 1, last memory frame, first object's mask
+    assert changes(query, images, other) == [False, True]
+    other = images.clone()
+    other[0, 0] = torch.rand(3, h, w, generator=g)  # sample 0's first memory frame
+    assert changes(query, other, probs) == [True, False]
 
 
 def test_memory_encoder_starts_from_the_query_encoders_weights():

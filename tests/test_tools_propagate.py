@@ -116,7 +116,9 @@ def test_davis_end_to_end(davis_root: Path, tmp_path: Path, capsys, protocol: st
     assert "squares-a" in printed and "squares-b" in printed
     assert [r["sequence"] for r in result["sequences"]] == ["squares-a", "squares-b"]
     if HAS_EVALUATION:
-        assert 0.0 <= result["scores"]["J&F-Mean"] <= 1.0
+        from tests.helpers.davis_rescore import jf_mean_from_files
+
+        assert result["scores"]["J&F-Mean"] == pytest.approx(jf_mean_from_files(results, davis_root, ["squares-a", "squares-b"]), abs=1e-9)
         assert (out / "scores" / "global_results-val.csv").is_file()
         if features == "lab" and protocol == "crw":
             # Distinct colours on a two-colour background: Lab features track the squares.
@@ -258,7 +260,7 @@ def test_jhmdb_frame_size_resizes_for_the_features_and_maps_predictions_back(tmp
 def test_keypoints_task_end_to_end(tmp_path: Path, features: str) -> None:
     root = make_keypoint_tree(tmp_path / "kp")
     out = tmp_path / "out"
-    result = propagate(compose_cfg("task=keypoints", f"data.root={root}", f"output_dir={out}", f"features={features}"))
+    propagate(compose_cfg("task=keypoints", f"data.root={root}", f"output_dir={out}", f"features={features}"))
     with np.load(out / "results" / "dots.npz") as f:
         kp = f["keypoints"]
     assert kp.shape == (5, 3, 2)
@@ -267,8 +269,6 @@ def test_keypoints_task_end_to_end(tmp_path: Path, features: str) -> None:
     assert np.isnan(kp[1:, 1]).all()  # invisible at the query: nothing to propagate
     if features == "lab":  # the texture moves one pixel a frame: Lab keeps hold of the points
         assert np.isfinite(kp[2:, [0, 2]]).all()
-    if HAS_EVALUATION:
-        assert 0.0 <= result["scores"]["pck@0.1"] <= 1.0
 
 
 # -- resume ------------------------------------------------------------------------------------
