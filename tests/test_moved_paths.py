@@ -25,7 +25,13 @@ from corrflow.models.checkpoint import read_checkpoint
 from corrflow.models.motion import displacement, motion_squeeze
 from corrflow.models.motion.motion_squeeze import MotionSqueeze
 from corrflow.models.motion.video_classifier import VideoClassifier, load_video_classifier
-from corrflow.utils.moved import MOVED_MODULES, MOVED_NAMES, current_path, upgrade_targets
+from corrflow.utils.moved import (
+    MOVED_MODULES,
+    MOVED_NAMES,
+    current_path,
+    legacy_path,
+    upgrade_targets,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,6 +65,8 @@ def test_every_moved_module_and_name_has_a_current_home():
 def test_current_path(old, new):
     assert current_path(old) == new
     get_object(new)  # what Hydra's instantiate resolves
+    if old != new and old != "corrflow.data.vos.clips.VOSClipDataset":
+        assert legacy_path(new) == old  # the way back, for hashes of configs that finished runs hold
 
 
 def test_every_config_target_is_current():

@@ -8,7 +8,9 @@ function. When the package was laid out by domain (``corrflow.data.vos_clips`` b
 :data:`MOVED_NAMES` say where each went, :func:`current_path` rewrites one dotted path,
 :func:`upgrade_targets` every ``_target_`` in a config or ``hyper_parameters`` tree, and
 :data:`legacy_pickle` is a ``pickle_module`` for ``torch.load`` whose unpickler finds old classes
-at their new homes. Paths that were not moved pass through unchanged.
+at their new homes. Paths that were not moved pass through unchanged. The other way,
+:func:`legacy_targets` spells a config's ``_target_`` paths as before the move, for hashes of a
+config that finished runs hold (``corrflow.propagation.run.fingerprint``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MOVED_MODULES", "MOVED_NAMES", "current_module", "current_path", "legacy_pickle", "upgrade_targets"]
+__all__ = ["MOVED_MODULES", "MOVED_NAMES", "current_module", "current_path", "legacy_path", "legacy_pickle", "legacy_targets", "upgrade_targets"]
 
 # old module -> new module (every name of the old module went there, unless MOVED_NAMES says otherwise)
 MOVED_MODULES: dict[str, str] = {
@@ -114,6 +116,33 @@ def upgrade_targets(tree: Any) -> Any:
     if isinstance(tree, list | tuple) and not hasattr(tree, "_fields"):
         return type(tree)(upgrade_targets(v) for v in tree)
     return tree
+
+
+def legacy_path(path: str) -> str:
+    """A current dotted path as the code before the layout by domain spelled it (the inverse of
+    :func:`current_path`); a path that was not moved comes back unchanged."""
+    if not isinstance(path, str) or not path.startswith("corrflow."):
+        return path
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 1, -1):  # the longest module first
+        module, rest = ".".join(parts[:cut]), parts[cut:]
+        old = _OLD_NAMES.get((module, rest[0])) or _OLD_MODULES.get(module)
+        if old is not None:
+            return ".".join([old, *rest])
+    return path
+
+
+def legacy_targets(tree: Any) -> Any:
+    """``tree`` (plain dicts and lists) with every ``_target_`` value spelled by :func:`legacy_path`."""
+    if isinstance(tree, Mapping):
+        return {k: legacy_path(v) if k == "_target_" else legacy_targets(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple) and not hasattr(tree, "_fields"):
+        return type(tree)(legacy_targets(v) for v in tree)
+    return tree
+
+
+_OLD_MODULES = {new: old for old, new in MOVED_MODULES.items()}
+_OLD_NAMES = {(new, name): old for (old, name), new in MOVED_NAMES.items()}
 
 
 class _Unpickler(pickle.Unpickler):
