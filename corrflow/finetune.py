@@ -34,6 +34,7 @@ from corrflow.train import (
     git_sha,
     resumed_run_dir,
 )
+from corrflow.utils.moved import current_path
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ __all__ = ["finetune", "read_segmenter_checkpoint"]
 
 
 def _same_stage_run(ckpt_path: str | None, data_target: str) -> Path | None:
-    """The run folder of ``ckpt_path`` when that run's data module was ``data_target`` (a resume)."""
+    """The run folder of ``ckpt_path`` when that run's data module was ``data_target`` (a resume;
+    a run saved before the package was laid out by domain names its data module by the old path)."""
     run = resumed_run_dir(ckpt_path)
     if run is None:
         return None
@@ -49,7 +51,7 @@ def _same_stage_run(ckpt_path: str | None, data_target: str) -> Path | None:
         saved = OmegaConf.load(run / ".hydra" / "config.yaml").data.get("_target_")
     except Exception:  # noqa: BLE001 - no readable config: treat as another run
         return None
-    return run if saved == data_target else None
+    return run if current_path(saved) == current_path(data_target) else None
 
 
 def register_resolvers() -> None:

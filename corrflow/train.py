@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from corrflow.lit.checkpoint_on_stop import CheckpointOnStop
 from corrflow.models.checkpoint import not_a_checkpoint
 from corrflow.models.quantizer import fit_colour_bins, save_colour_bins, sources_fingerprint
+from corrflow.utils.moved import legacy_pickle
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def prepare_colour_bins(cfg: DictConfig, datamodule) -> Path:
         wait_for_colour_bins(path, timeout_s=float(cfg.colour_bins.get("wait_s", 7200)))
     if not path.is_file():
         if cfg.get("ckpt_path"):
-            ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False, pickle_module=legacy_pickle)
             bins = ckpt.get("corrflow", {}).get("colour_bins")
             if bins is not None:
                 log.info("colour bins: restoring %s from checkpoint %s", path, cfg.ckpt_path)

@@ -3,9 +3,9 @@ import logging
 import pytest
 import torch
 
-from corrflow.data.clips import ClipDataset
-from corrflow.data.datamodule import CorrFlowDataModule
-from corrflow.data.sources import VideoSource, discover_sources
+from corrflow.data.pretraining.clips import ClipDataset
+from corrflow.data.pretraining.datamodule import CorrFlowDataModule
+from corrflow.data.video.sources import VideoSource, discover_sources
 from tests.helpers.synthetic import sample_video, write_frame_folder
 
 

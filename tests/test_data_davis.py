@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corrflow.data.davis import DAVISDataset, find_split_file, read_split_file
+from corrflow.data.vos.davis import DAVISDataset, find_split_file, read_split_file
 from corrflow.utils.io import write_indexed_png
 
 SIZE = (32, 48)  # (H, W)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from corrflow.data.jhmdb import JHMDBDataset
+from corrflow.data.keypoints.jhmdb import JHMDBDataset
 
 SIZE = (24, 32)  # (H, W)
 

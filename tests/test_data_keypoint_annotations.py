@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from corrflow.data.keypoint_annotations import (
+from corrflow.data.keypoints.annotations import (
     load_jhmdb_joints,
     load_jhmdb_split,
     load_keypoints_json,

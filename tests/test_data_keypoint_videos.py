@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corrflow.data.keypoint_videos import KeypointVideoDataset
+from corrflow.data.keypoints.videos import KeypointVideoDataset
 from tests.test_data_jhmdb import block_texture_video
 
 SIZE = (24, 32)

@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-from corrflow.data import readers
-from corrflow.data.clips import ClipDataset
-from corrflow.data.readers import DecoderNotFoundError, VideoReadError, num_frames, read_frames, resolve_decoder
-from corrflow.data.sources import VideoSource, discover_sources
+from corrflow.data.video import readers
+from corrflow.data.pretraining.clips import ClipDataset
+from corrflow.data.video.readers import DecoderNotFoundError, VideoReadError, num_frames, read_frames, resolve_decoder
+from corrflow.data.video.sources import VideoSource, discover_sources
 from tests.helpers.synthetic import sample_video, write_frame_folder
 
 
@@ -253,7 +253,7 @@ def test_an_unknown_decoder_is_a_clear_error(tmp_path):
 
 
 def test_the_datamodule_passes_its_decoder_to_the_video_files(tmp_path):
-    from corrflow.data.datamodule import CorrFlowDataModule
+    from corrflow.data.pretraining.datamodule import CorrFlowDataModule
 
     (tmp_path / "a.mp4").write_bytes(b"")
     write_frame_folder(tmp_path / "frames", n_frames=3)

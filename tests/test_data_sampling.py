@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from corrflow.data.clips import ClipDataset
+from corrflow.data.pretraining.clips import ClipDataset
 from corrflow.data.sampling import ResumableClipSampler
-from corrflow.data.sources import discover_sources
+from corrflow.data.video.sources import discover_sources
 
 
 def keys(sampler) -> list[tuple[int, int]]:

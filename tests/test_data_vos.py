@@ -9,10 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from corrflow.data.vos import AnnotatedFrame, annotated_videos, read_annotated, salient_frames
-from corrflow.data.vos_clips import remap_objects
-from corrflow.data.vos_datamodule import StaticClipDataModule
-from corrflow.data.vos_static import StaticClipDataset
+from corrflow.data.vos.annotated import (
+    AnnotatedFrame,
+    annotated_videos,
+    read_annotated,
+    salient_frames,
+)
+from corrflow.data.vos.clips import remap_objects
+from corrflow.data.vos.datamodule import StaticClipDataModule
+from corrflow.data.vos.static import StaticClipDataset
 from corrflow.utils.io import write_indexed_png
 from tests.helpers.vos_synthetic import write_davis_tree, write_salient_tree
 

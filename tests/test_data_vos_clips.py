@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from corrflow.data.vos import annotated_videos
-from corrflow.data.vos_clips import SampleReadError, VOSClipDataset
-from corrflow.data.vos_datamodule import ScheduledSkipSampler, VOSClipDataModule, max_skip_at
+from corrflow.data.vos.annotated import annotated_videos
+from corrflow.data.vos.clips import SampleReadError, VOSClipDataset
+from corrflow.data.vos.datamodule import ScheduledSkipSampler, VOSClipDataModule, max_skip_at
 from tests.helpers.vos_synthetic import write_davis_tree
 
 

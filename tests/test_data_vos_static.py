@@ -9,7 +9,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from corrflow.data.vos_static import FILL, affine_augmentation
+from corrflow.data.vos.static import FILL, affine_augmentation
 from tests.helpers.vos_synthetic import write_davis_tree
 from tests.test_finetune import compose_finetune_cfg
 
@@ -74,14 +74,14 @@ def test_osvos_data_config_gives_single_frames_with_every_object(tmp_path):
 
 @pytest.mark.parametrize("hflip", [0.0, 1.0])
 def test_static_dataset_flip_option(tmp_path, hflip):
-    from corrflow.data.vos import annotated_videos
-    from corrflow.data.vos_static import StaticClipDataset
+    from corrflow.data.vos.annotated import annotated_videos
+    from corrflow.data.vos.static import StaticClipDataset
 
     root = write_davis_tree(tmp_path / "davis", {"a": 2}, size=(32, 40), n_objects=1)
     frames = [f for v in annotated_videos(root) for f in v.frames]
     ds = StaticClipDataset(frames, size=(32, 40), n_frames=1, degrees=0, shear=0, scale=(1, 1), translate=(0, 0), hflip=hflip)
     item = ds[(0, 5)]
-    from corrflow.data.vos_clips import read_sample
+    from corrflow.data.vos.clips import read_sample
 
     _, mask = read_sample(frames[0])
     expect = mask.flip(-1) if hflip else mask

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corrflow.data.ytvos import YTVOSDataset, read_meta
+from corrflow.data.vos.ytvos import YTVOSDataset, read_meta
 from corrflow.utils.io import write_indexed_png
 
 SIZE = (32, 48)

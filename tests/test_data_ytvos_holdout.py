@@ -1,4 +1,4 @@
-"""The YouTube-VOS hold-out (corrflow.data.ytvos_holdout, tools/ytvos_holdout.py): the lists
+"""The YouTube-VOS hold-out (corrflow.data.vos.ytvos_holdout, tools/ytvos_holdout.py): the lists
 partition train; every video of an unseen class is held out and none of its class is left; seen
 objects are those whose class the rest still has, as the scorer counts them; seeded; errors."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from corrflow.data.ytvos import YTVOSObject, read_meta
-from corrflow.data.ytvos_holdout import make_holdout
+from corrflow.data.vos.ytvos import YTVOSObject, read_meta
+from corrflow.data.vos.ytvos_holdout import make_holdout
 from corrflow.evaluation.ytvos import _seen_categories
 
 REPO = Path(__file__).resolve().parents[1]

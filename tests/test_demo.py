@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corrflow.data.readers import VideoReadError
+from corrflow.data.video.readers import VideoReadError
 from corrflow.demo.clip import ClipVideo, load_clip, resized_size, sample_clips
 from corrflow.demo.masks import (
     ALPHA_THRESHOLD,

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from corrflow.data.vos_datamodule import max_skip_at
+from corrflow.data.vos.datamodule import max_skip_at
 from corrflow.finetune import finetune
 from corrflow.losses.bootstrapped_ce import BootstrappedCrossEntropy
 from corrflow.models.checkpoint import encoder_payload
@@ -186,7 +186,7 @@ def test_a_resumed_run_writes_into_its_folder_only_when_it_is_the_same_stage(tmp
     (run / "checkpoints").mkdir()
     ckpt = run / "checkpoints" / "last.ckpt"
     ckpt.write_bytes(b"")
-    OmegaConf.save({"data": {"_target_": "corrflow.data.vos_datamodule.VOSClipDataModule"}}, run / ".hydra" / "config.yaml")
+    OmegaConf.save({"data": {"_target_": "corrflow.data.vos.datamodule.VOSClipDataModule"}}, run / ".hydra" / "config.yaml")
 
     def hydra_node(*overrides: str):
         GlobalHydra.instance().clear()

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
-from corrflow.data.synthetic_motion import write_moving_texture_videos
+from corrflow.data.action.synthetic_motion import write_moving_texture_videos
 from corrflow.finetune import finetune
 from tests.helpers.vos_synthetic import write_davis_tree
 from tests.test_finetune import TINY as STM_TINY

@@ -2,7 +2,8 @@ import pickle
 
 import pytest
 
-from corrflow.lit.schedules import SampleMilestoneLR, linear_schedule, step_lr_factor
+from corrflow.lit.schedules import SampleMilestoneLR, step_lr_factor
+from corrflow.utils.schedules import linear_schedule
 
 MILESTONES = [400_000, 600_000, 800_000, 1_000_000]
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from corrflow.data.keypoints.videos import query_frame_index
 from corrflow.metrics.pck import (
     normalized_keypoint_distances,
     pck,
     pck_from_distances,
     pck_per_keypoint,
-    query_frame_index,
 )
 
 # Frame 1 of the hand case: keypoints (0, 0), (30, 40), (0, 40): box diagonal 50, scale 0.6 * 50 = 30.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from corrflow.models.backbone import SegmentationBackbone
-from corrflow.models.motion_squeeze import MotionSqueeze
+from corrflow.models.motion.motion_squeeze import MotionSqueeze
 from tests.test_models_backbone import corrflow_ckpt  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

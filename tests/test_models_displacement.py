@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from corrflow.attention import local_correlation
-from corrflow.models.displacement import (
+from corrflow.models.motion.displacement import (
     confidence,
     displacement_argmax,
     displacement_kernel_soft_argmax,

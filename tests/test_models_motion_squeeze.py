@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from corrflow.models.displacement import (
+from corrflow.models.motion.displacement import (
     correlation_volume,
     displacement_kernel_soft_argmax,
     estimate_displacement,
 )
-from corrflow.models.motion_squeeze import MotionSqueeze
+from corrflow.models.motion.motion_squeeze import MotionSqueeze
 from tests.helpers.textures import crop_shifted, smooth_texture
 
 pytestmark = pytest.mark.usefixtures("one_thread")

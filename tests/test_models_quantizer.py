@@ -3,7 +3,7 @@ import pytest
 import torch
 import kornia
 
-from corrflow.data.sources import VideoSource
+from corrflow.data.video.sources import VideoSource
 from corrflow.models.quantizer import ColourQuantizer, fit_colour_bins, load_colour_bins, save_colour_bins
 from tests.helpers.synthetic import write_frame_folder
 
@@ -41,8 +41,8 @@ def test_fit_finds_the_colours_of_the_video(tmp_path):
     assert meta["frames"] == 6 and meta["n_bins"] == 3
     # every pixel of the (three-colour) video lies on a centroid
     q = ColourQuantizer(centroids)
-    from corrflow.data.readers import read_frames
-    from corrflow.data.clips import resize_frames
+    from corrflow.data.video.readers import read_frames
+    from corrflow.data.video.resize import resize_frames
     from corrflow.models.quantizer import rgb_to_ab
 
     frames = resize_frames(read_frames(VideoSource(str(folder), "frames"), [0, 3]), (32, 48))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from corrflow.models.backbone import SegmentationBackbone
 from corrflow.models.segmenters import OSVOSNet, foreground_target, mask_boundaries
-from corrflow.propagation.labels import pad_to_stride
+from corrflow.utils.grid import pad_to_stride
 
 HAS_LITE = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
 

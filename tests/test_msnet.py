@@ -14,14 +14,14 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from corrflow.data.action_videos import ActionVideoDataset, segment_indices
-from corrflow.data.synthetic_motion import DIRECTIONS, write_moving_texture_videos
+from corrflow.data.action.synthetic_motion import DIRECTIONS, write_moving_texture_videos
+from corrflow.data.action.videos import ActionVideoDataset, segment_indices
 from corrflow.finetune import finetune
 from corrflow.lit.action_module import ActionLitModule, topk_accuracy
 from corrflow.models.backbone import SegmentationBackbone
-from corrflow.models.motion_squeeze import MotionSqueeze
-from corrflow.models.temporal_shift import temporal_shift
-from corrflow.models.video_classifier import VideoClassifier, load_video_classifier
+from corrflow.models.motion.motion_squeeze import MotionSqueeze
+from corrflow.models.motion.temporal_shift import temporal_shift
+from corrflow.models.motion.video_classifier import VideoClassifier, load_video_classifier
 from tests.test_finetune import compose_finetune_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")

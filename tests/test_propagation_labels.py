@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from corrflow.propagation.labels import (
-    feature_grid,
     harden_heatmaps,
     heatmaps_to_keypoints,
     keypoints_to_heatmaps,
@@ -19,6 +18,7 @@ from corrflow.propagation.labels import (
     resize_labels,
     upsample_labels,
 )
+from corrflow.utils.grid import feature_grid
 
 
 def test_onehot_pool_upsample_round_trip_on_cell_aligned_masks() -> None:

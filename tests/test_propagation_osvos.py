@@ -126,7 +126,7 @@ def test_one_shot_trains_on_the_fused_output_alone_by_default(ckpts):
     # one SGD step by hand: the update is the fused output's class-balanced loss gradient (the draws of step 0, seed 0)
     from torchvision import tv_tensors
 
-    from corrflow.data.vos_static import affine_augmentation
+    from corrflow.data.vos.static import affine_augmentation
     from corrflow.utils.seeding import seeded_cpu_rng
 
     tuned = one_shot_finetune(parent, image, target, steps=1, optimizer=partial(torch.optim.SGD, lr=0.5), seed=7)

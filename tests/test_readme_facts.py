@@ -53,7 +53,7 @@ def test_the_checkpoint_paths_shown_are_where_training_writes() -> None:
 
 
 def test_the_sample_videos_are_counted_as_training_finds_them() -> None:
-    from corrflow.data.samples import sample_video_dir
+    from corrflow.data.video.samples import sample_video_dir
 
     try:
         videos = sorted(p.stem for p in sample_video_dir().glob("*.mp4"))

@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from corrflow.data.clips import ClipDataset, crop_scale_size, resize_frames
-from corrflow.data.davis import DAVISDataset
-from corrflow.data.davis_resized import resized_davis, short_side_size
-from corrflow.data.sources import discover_sources
+from corrflow.data.pretraining.clips import ClipDataset, crop_scale_size
+from corrflow.data.video.resize import resize_frames
+from corrflow.data.vos.davis import DAVISDataset
+from corrflow.data.vos.davis_resized import resized_davis, short_side_size
+from corrflow.data.video.sources import discover_sources
 from corrflow.train import train
 from corrflow.utils.plots import plot_training_curves, read_heldout_scores, read_metrics_csv, run_metrics_csvs
 from tests.test_data_davis import make_davis_tree

@@ -163,7 +163,7 @@ _RANK_SCRIPT = """
 import sys
 from omegaconf import OmegaConf
 import corrflow.train as t
-from corrflow.data.datamodule import CorrFlowDataModule
+from corrflow.data.pretraining.datamodule import CorrFlowDataModule
 fit, wait = t.fit_and_save_colour_bins, t.wait_for_colour_bins
 def fit_counted(*a, **k):
     print("FIT", flush=True)

@@ -14,7 +14,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from corrflow.data.readers import VideoReadError
+from corrflow.data.video.readers import VideoReadError
 from corrflow.utils.cli import UserError, find_user_error, one_line, user_errors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_the_message_is_joined_onto_one_line() -> None:
 
 
 def test_a_wrapped_hydra_instantiate_error_shows_the_original_message(tmp_path: Path) -> None:
-    cfg = OmegaConf.create({"_target_": "corrflow.data.davis.DAVISDataset", "root": str(tmp_path / "nope")})
+    cfg = OmegaConf.create({"_target_": "corrflow.data.vos.davis.DAVISDataset", "root": str(tmp_path / "nope")})
     with pytest.raises(Exception) as raised:
         instantiate(cfg)
     assert "Error in call to target" in str(raised.value)  # Hydra's wrapper, several lines

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from corrflow.data.keypoint_annotations import load_jhmdb_split, load_keypoints_json
+from corrflow.data.keypoints.annotations import load_jhmdb_split, load_keypoints_json
 from corrflow.evaluation import evaluate_davis, evaluate_keypoints
 from corrflow.utils.cli import user_errors
 from corrflow.utils.quiet import quiet_third_party

@@ -6,14 +6,14 @@ writes ``<out>.txt`` (the held-out videos) and ``<out>_rest.txt`` (train without
 line, and prints what they hold. Then score on the hold-out with
 ``tools/propagate.py task=ytvos data.root=/data/YouTubeVOS task.dataset.split=train
 task.dataset.split_file=<out>.txt``; train on the rest, not the hold-out. See
-:mod:`corrflow.data.ytvos_holdout` for how the videos are drawn.
+:mod:`corrflow.data.vos.ytvos_holdout` for how the videos are drawn.
 """
 
 import argparse
 from pathlib import Path
 
-from corrflow.data.ytvos import read_meta
-from corrflow.data.ytvos_holdout import make_holdout
+from corrflow.data.vos.ytvos import read_meta
+from corrflow.data.vos.ytvos_holdout import make_holdout
 from corrflow.utils.cli import user_errors
 from corrflow.utils.quiet import quiet_third_party
 

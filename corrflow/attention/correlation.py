@@ -2,7 +2,7 @@
 position of a (2M+1)x(2M+1) window around the same location in a reference frame.
 
 Restricted attention (:mod:`corrflow.attention.functional`) turns these logits into a softmax over
-the window; MotionSqueeze (:mod:`corrflow.models.motion_squeeze`) and ``tools/flow.py`` read a
+the window; MotionSqueeze (:mod:`corrflow.models.motion.motion_squeeze`) and ``tools/flow.py`` read a
 displacement off them instead. The window logic is the attention backends': the frame is cut into
 T x T tiles whose queries share one key region (:mod:`corrflow.attention.tiled`), one matmul per
 tile, and the offsets that land outside the frame are those of

@@ -6,7 +6,7 @@ side is ``--max-side``) a random affine map A is drawn (rotation within +-``--ro
 scale within 1 +- ``--scale``, shear within +-``--shear``, translation within +-``--shift``
 pixels, about the frame's centre); frame 1 is frame 0 warped by it (bilinear), so the content at
 pixel p of frame 0 is at A(p) in frame 1 and the true flow is A(p) - p. The flow is read by
-:func:`corrflow.models.displacement.motion_from_features` (tools/flow.py's reading) on each
+:func:`corrflow.models.motion.displacement.motion_from_features` (tools/flow.py's reading) on each
 ``--features`` extractor's features (conf/features configs), at the centre of every feature cell
 ((c + 0.5) * stride - 0.5 pixels), and scored where A(p) lies inside frame 1 by the end-point
 error in pixels: mean, median, and the share under ``stride`` pixels (one cell). The zero flow's
@@ -36,9 +36,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from corrflow.data.sources import list_frames
-from corrflow.models.displacement import motion_from_features
-from corrflow.propagation.labels import pad_to_stride
+from corrflow.data.video.sources import list_frames
+from corrflow.models.motion.displacement import motion_from_features
+from corrflow.utils.grid import pad_to_stride
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "features"
 
@@ -159,7 +159,7 @@ def run_cost(*, arch: str, size: tuple[int, int], n_frames: int, clips: int, rep
     after layer2, and the MotionSqueeze module alone on the same stage output (its input, caught by
     a hook): its share of the forward pass."""
     from corrflow.models.backbone import SegmentationBackbone
-    from corrflow.models.motion_squeeze import MotionSqueeze
+    from corrflow.models.motion.motion_squeeze import MotionSqueeze
 
     dev = torch.device(device)
     x = torch.rand(clips * n_frames, 3, *size, device=dev)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from corrflow.models.encoder import crw_encoder
-from corrflow.propagation.labels import pad_to_stride
+from corrflow.utils.grid import pad_to_stride
 
 
 def _sync(device: torch.device) -> None:

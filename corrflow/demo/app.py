@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from corrflow.data.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from corrflow.data.video.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from corrflow.demo.clip import ClipVideo, load_clip, sample_clips
 from corrflow.demo.masks import brush_colours, frame_of, ids_from_layers, mask_from_png
 from corrflow.demo.session import FEATURES, PROTOCOLS, Cancelled, Segmenters, propagate_clip
@@ -79,7 +79,7 @@ def _editor_value(clip: ClipVideo, t: int, mask: np.ndarray | None) -> dict[str,
 def _marked_text(masks: dict[int, np.ndarray]) -> str:
     if not masks:
         return "No mask yet: paint the objects on a frame (one colour an object) and press *Use this painting*, or load a palette PNG."
-    from corrflow.data.davis import object_ids
+    from corrflow.data.vos.davis import object_ids
 
     return "Masks on " + ", ".join(f"frame {t} (objects {object_ids(m)})" for t, m in sorted(masks.items()))
 

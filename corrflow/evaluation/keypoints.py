@@ -99,7 +99,7 @@ def evaluate_keypoints(
     Args:
         results_dir: folder with ``<seq>.npz`` files (array ``keypoints``, (T, K, 2) x, y pixels).
         annotations: ``{seq: (coords (T, K, 2), visible (T, K) bool)}``, e.g. from
-            :func:`corrflow.data.keypoint_annotations.load_jhmdb_split` or ``load_keypoints_json``.
+            :func:`corrflow.data.keypoints.annotations.load_jhmdb_split` or ``load_keypoints_json``.
             Predictions may have more frames than annotated; the extra ones are ignored.
         thresholds: the alphas of PCK@alpha.
         output_dir: where the CSV goes (default ``results_dir``).

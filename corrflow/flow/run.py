@@ -6,7 +6,7 @@ Hydra entry point.
 Each frame's features are L2-normalised and correlated with the next frame's over a
 (2 radius + 1)^2 window; the displacement is read by the kernel soft-argmax (or soft-argmax /
 arg-max) and the confidence is the best correlation
-(:func:`corrflow.models.displacement.motion_from_features`).
+(:func:`corrflow.models.motion.displacement.motion_from_features`).
 
 Output, under ``cfg.output_dir``, for each video ``<name>`` (a file's stem, a frame folder's name)::
 
@@ -36,12 +36,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from corrflow.data.readers import num_frames, read_frames
-from corrflow.data.sources import VideoSource, discover_sources
+from corrflow.data.video.readers import num_frames, read_frames
+from corrflow.data.video.sources import VideoSource, discover_sources
 from corrflow.flow.pictures import confidence_picture, flow_picture
-from corrflow.models.displacement import ESTIMATORS, motion_from_features
-from corrflow.propagation.labels import pad_to_stride
+from corrflow.models.motion.displacement import ESTIMATORS, motion_from_features
 from corrflow.propagation.run import resolve_device
+from corrflow.utils.grid import pad_to_stride
 from corrflow.utils.overlay import image_strip
 
 __all__ = ["flow", "flow_video"]

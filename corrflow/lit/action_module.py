@@ -31,7 +31,7 @@ class ActionLitModule(SegmenterLitModule):
     """
     Args:
         backbone: the per-frame backbone (``model.backbone``: init random | imagenet | a corrflow checkpoint).
-        net: a partial :class:`~corrflow.models.video_classifier.VideoClassifier`, called with ``backbone``.
+        net: a partial :class:`~corrflow.models.motion.video_classifier.VideoClassifier`, called with ``backbone``.
         optimizer: a partial optimizer.
         seed: the training steps' random draws (dropout) come from a stream derived from (seed,
             rank, global step), as pretraining's: a resumed run draws what the uninterrupted one

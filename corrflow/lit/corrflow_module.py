@@ -12,12 +12,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from corrflow.lit.schedules import SampleMilestoneLR, linear_schedule
+from corrflow.lit.schedules import SampleMilestoneLR
 from corrflow.models.bottleneck import ColourBottleneck
 from corrflow.models.checkpoint import encoder_payload
 from corrflow.models.corrflow import CorrFlow
 from corrflow.models.quantizer import ColourQuantizer
 from corrflow.propagation.heldout import HeldOutPropagation
+from corrflow.utils.schedules import linear_schedule
 from corrflow.utils.seeding import derive_seed, seeded_cpu_rng
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Schedules counted in training samples or in the run's progress, so that they survive resuming."""
+"""Learning-rate schedules counted in training samples, so that they survive resuming (schedules
+of the step alone, as :func:`corrflow.utils.schedules.linear_schedule`, live with the utilities)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,6 @@ def step_lr_factor(step: int, *, samples_per_step: int, milestones: Sequence[int
     """
     seen = step * samples_per_step
     return gamma ** sum(seen > m for m in milestones)
-
-
-def linear_schedule(step: int, total_steps: int, *, start: float, end: float) -> float:
-    """Linear from ``start`` at step 0 to ``end`` at ``total_steps`` (clamped past the end)."""
-    if total_steps <= 0:
-        return end
-    frac = min(max(step / total_steps, 0.0), 1.0)
-    return start + (end - start) * frac
 
 
 class SampleMilestoneLR:

@@ -17,7 +17,6 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from corrflow.lit.schedules import linear_schedule
 from corrflow.losses.bootstrapped_ce import BootstrappedCrossEntropy
 from corrflow.losses.class_balanced_bce import ClassBalancedBCE, deep_supervision_loss
 from corrflow.models.backbone import SegmentationBackbone
@@ -25,6 +24,7 @@ from corrflow.models.segmenters.checkpoint import segmenter_payload
 from corrflow.models.segmenters.functional import foreground_target, mask_boundaries
 from corrflow.models.segmenters.osvos import OSVOSNet
 from corrflow.models.segmenters.stm import STMSegmenter
+from corrflow.utils.schedules import linear_schedule
 
 log = logging.getLogger(__name__)
 

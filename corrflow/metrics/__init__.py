@@ -17,7 +17,6 @@ from corrflow.metrics.pck import (
     pck,
     pck_from_distances,
     pck_per_keypoint,
-    query_frame_index,
 )
 
 __all__ = [
@@ -32,7 +31,6 @@ __all__ = [
     "pck",
     "pck_from_distances",
     "pck_per_keypoint",
-    "query_frame_index",
     "score_davis_sequence",
     "seg_to_boundary",
     "temporal_statistics",

@@ -7,7 +7,7 @@ Matches the JHMDB evaluation of CRW (``ajabri/videowalk``, ``code/eval/eval_pck.
 * Only visible keypoints are scored. CRW marks a joint invisible (in every frame) when its
   propagated map is empty, which happens when the joint lies outside the first frame (its
   Gaussian, sigma 0.5 feature cells, misses the label map). We take visibility from the
-  annotations (:mod:`corrflow.data.keypoint_annotations` reproduces CRW's rule, using the image
+  annotations (:mod:`corrflow.data.keypoints.annotations` reproduces CRW's rule, using the image
   border), and a keypoint that is not visible in the query frame is not scored in any frame
   (there was nothing to propagate).
 * The scale of frame t is ``0.6 * ||max - min||`` over the scored keypoints of frame t (the
@@ -27,12 +27,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from corrflow.data.keypoints.videos import query_frame_index
+
 __all__ = [
     "normalized_keypoint_distances",
     "pck",
     "pck_from_distances",
     "pck_per_keypoint",
-    "query_frame_index",
 ]
 
 SCALE_FACTOR = 0.6
@@ -42,19 +43,6 @@ def _as_numpy(x, name: str) -> np.ndarray:
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float64 if name != "visible" else bool)
-
-
-def query_frame_index(visible: np.ndarray) -> int:
-    """Index of the query frame: the first frame with any visible keypoint.
-
-    Args:
-        visible: (T, K) bool.
-    """
-    visible = np.asarray(visible, dtype=bool)
-    frames = np.flatnonzero(visible.any(axis=1))
-    if frames.size == 0:
-        raise ValueError("no keypoint is visible in any frame")
-    return int(frames[0])
 
 
 def normalized_keypoint_distances(pred, gt, visible, *, query_frame: int | None = None) -> np.ndarray:

@@ -28,7 +28,7 @@ that keeps one stride (CorrFlow's) still has four stages to supervise. No parame
 ``backbone.forward_with_stages(image, extra=None, *, stages)`` hands out both from one pass: the
 maps and the named side stages' outputs (STM's ``kv_stage`` reads CorrFlow's layer4 this way).
 
-A motion module (MotionSqueeze, :class:`corrflow.models.motion_squeeze.MotionSqueeze`) can be
+A motion module (MotionSqueeze, :class:`corrflow.models.motion.motion_squeeze.MotionSqueeze`) can be
 inserted after a stage (``motion``, a partial taking the stage's channels; ``motion_after``, the
 stage's 1-based number, 2 by default: ResNet's layer2). It sees the batch as clips of consecutive
 frames; without it (the default) nothing changes. Its settings go into ``config["motion"]``
@@ -53,6 +53,8 @@ from torch import Tensor, nn
 
 from corrflow.models.checkpoint import load_encoder
 from corrflow.models.encoder import ResNetEncoder, corrflow_encoder, crw_encoder
+from corrflow.models.lite0 import lite0 as _lite0
+from corrflow.utils.moved import legacy_pickle
 
 __all__ = ["INITS", "SegmentationBackbone", "checkpoint_kind", "load_state_exactly"]
 
@@ -396,7 +398,7 @@ def _motion_from_config(entry: Mapping[str, Any] | None) -> tuple[Callable[[int]
     """(the ``motion`` partial, ``motion_after``) that rebuild a recorded ``config["motion"]`` entry."""
     if not entry:
         return None, 2
-    from corrflow.models.motion_squeeze import MotionSqueeze
+    from corrflow.models.motion.motion_squeeze import MotionSqueeze
 
     kind, settings = entry.get("type"), entry.get("settings")
     if kind != "MotionSqueeze" or not isinstance(settings, Mapping):
@@ -471,20 +473,6 @@ def _resnet(arch: str | dict) -> ResNetEncoder:
     return RESNET_ARCHS[arch]()
 
 
-def _lite0(*, pretrained: bool) -> nn.Module:
-    if pretrained:
-        from corrflow.features.imagenet import _build_lite0
-
-        return _build_lite0()
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as e:
-        from corrflow.features.imagenet import INSTALL_HINT
-
-        raise ImportError(f"arch=lite0 needs the EfficientNet-Lite model code: {INSTALL_HINT}") from e
-    return EfficientNet.from_name("efficientnet-lite0")
-
-
 def load_state_exactly(module: nn.Module, state: Mapping[str, Tensor], *, source: str) -> None:
     """Load ``state`` into ``module`` with every tensor's name and shape matching, else raise a
     ValueError naming (up to 5 of each) the missing, unexpected and differently shaped layers."""
@@ -506,7 +494,7 @@ def checkpoint_kind(path: str | os.PathLike) -> str | None:
     """'pretraining' (a tools/train.py checkpoint), a segmenter's name ('stm', ...) from the
     checkpoint's ``corrflow.kind`` entry, or None (not a corrflow checkpoint, or unreadable)."""
     try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=False, pickle_module=legacy_pickle)
     except Exception:  # noqa: BLE001 - unreadable: not ours
         return None
     meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None

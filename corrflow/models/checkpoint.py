@@ -3,6 +3,10 @@
 A training checkpoint (Lightning's ``.ckpt``) carries ``checkpoint["corrflow"]``:
 ``{"format": 1, "encoder": <ResNetEncoder.config>, "encoder_prefix": "net.encoder.", ...}``.
 Downstream code (propagation, segmenters) rebuilds the encoder from that alone.
+
+Files written before the package was laid out by domain load as they did: :func:`read_checkpoint`
+finds any pickled class at its current module and rewrites the ``_target_`` paths of
+``hyper_parameters`` (:mod:`corrflow.utils.moved`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import torch
 
 from corrflow.models.encoder import ResNetEncoder
+from corrflow.utils.moved import legacy_pickle, upgrade_targets
 
 FORMAT = 1
 
@@ -60,12 +65,16 @@ def read_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=False, pickle_module=legacy_pickle)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         problem = not_a_checkpoint(path)  # in the user's words, not pickle's ("could not find MARK")
         if problem:
             raise ValueError(f"{path} {problem}") from e
         raise ValueError(f"{path}: cannot read this PyTorch checkpoint; is it truncated or damaged? ({e})") from e
+    if isinstance(ckpt, dict):  # dotted paths recorded by older code, as the current code spells them
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in ckpt:
+                ckpt[key] = upgrade_targets(ckpt[key])
     meta = ckpt.get("corrflow") if isinstance(ckpt, dict) else None
     return ckpt, meta if isinstance(meta, dict) else None
 

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from corrflow.data.clips import resize_frames
-from corrflow.data.readers import VideoReadError, num_frames, read_frames
-from corrflow.data.sources import VideoSource
+from corrflow.data.video.readers import VideoReadError, num_frames, read_frames
+from corrflow.data.video.resize import resize_frames
+from corrflow.data.video.sources import VideoSource
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from corrflow.data.davis import DAVISDataset, DAVISVideo
+from corrflow.data.vos.davis import DAVISDataset, DAVISVideo
 from corrflow.evaluation.davis import evaluate_davis
 from corrflow.metrics.davis import DAVISScores
 from corrflow.propagation.propagator import LabelPropagator

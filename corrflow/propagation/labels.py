@@ -15,37 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from corrflow.utils.grid import pad_to_stride
+
 __all__ = [
     "HEATMAP_STYLES",
-    "feature_grid",
     "harden_heatmaps",
     "heatmaps_to_keypoints",
     "keypoints_to_heatmaps",
     "labels_to_ids",
     "masks_to_onehot",
-    "pad_to_stride",
     "pool_labels",
     "resize_labels",
     "upsample_labels",
 ]
-
-
-def feature_grid(size: Sequence[int], stride: int) -> tuple[int, int]:
-    """(h, w) = ceil((H, W) / stride): the feature grid of an (H, W) frame."""
-    height, width = size
-    return -(-int(height) // stride), -(-int(width) // stride)
-
-
-def pad_to_stride(x: Tensor, stride: int) -> Tensor:
-    """(..., H, W) -> (..., h*s, w*s): pad bottom and right by replicating the last row / column."""
-    height, width = x.shape[-2:]
-    h, w = feature_grid((height, width), stride)
-    ph, pw = h * stride - height, w * stride - width
-    if ph == 0 and pw == 0:
-        return x
-    lead = x.shape[:-2]
-    y = F.pad(x.reshape(-1, 1, height, width).float(), (0, pw, 0, ph), mode="replicate")
-    return y.to(x.dtype).reshape(*lead, height + ph, width + pw)
 
 
 def masks_to_onehot(mask: Tensor, ids: Sequence[int]) -> Tensor:

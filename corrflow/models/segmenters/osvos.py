@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from corrflow.models.backbone import SegmentationBackbone
-from corrflow.propagation.labels import pad_to_stride
+from corrflow.utils.grid import pad_to_stride
 
 __all__ = ["OSVOSNet", "OSVOSOutput"]
 

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from corrflow.models.backbone import SegmentationBackbone
 from corrflow.models.segmenters.functional import memory_read, soft_aggregate
-from corrflow.propagation.labels import pad_to_stride
+from corrflow.utils.grid import pad_to_stride
 
 __all__ = ["QueryFeatures", "STMDecoder", "STMInference", "STMSegmenter"]
 

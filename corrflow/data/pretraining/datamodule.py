@@ -11,12 +11,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from corrflow.data.clips import ClipDataset
-from corrflow.data.davis import DAVISDataset
-from corrflow.data.davis_resized import resized_davis
-from corrflow.data.samples import sample_video_dir
+from corrflow.data.pretraining.clips import ClipDataset
 from corrflow.data.sampling import resumable_loader
-from corrflow.data.sources import VideoSource, discover_sources
+from corrflow.data.video.samples import sample_video_dir
+from corrflow.data.video.sources import VideoSource, discover_sources
+from corrflow.data.vos.davis import DAVISDataset
+from corrflow.data.vos.davis_resized import resized_davis
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ class CorrFlowDataModule(pl.LightningDataModule):
 
     Held-out monitor (optional): with ``val_root`` a DAVIS-layout folder, its sequences
     (``val_sequences``, else the ``val_split`` of ``ImageSets/<val_year>/``) resized once to
-    ``val_short_side`` (:func:`corrflow.data.davis_resized.resized_davis`, cached under
+    ``val_short_side`` (:func:`corrflow.data.vos.davis_resized.resized_davis`, cached under
     ``val_cache_dir``) are the validation set: ``val_dataloader`` hands out one
-    video at a time (its index in ``val_set``, a :class:`~corrflow.data.davis.DAVISDataset`), which
+    video at a time (its index in ``val_set``, a :class:`~corrflow.data.vos.davis.DAVISDataset`), which
     the LightningModule propagates and scores.
     """
 

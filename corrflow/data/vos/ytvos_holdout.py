@@ -16,7 +16,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from corrflow.data.ytvos import YTVOSObject
+from corrflow.data.vos.ytvos import YTVOSObject
 
 __all__ = ["Holdout", "make_holdout"]
 
@@ -44,7 +44,7 @@ def make_holdout(
     ``seen_videos`` more drawn from the others.
 
     Args:
-        videos: ``{video: objects}``, :func:`corrflow.data.ytvos.read_meta` of ``train/meta.json``.
+        videos: ``{video: objects}``, :func:`corrflow.data.vos.ytvos.read_meta` of ``train/meta.json``.
         unseen_classes: whole classes held out (0: none; every held-out object is then seen or
             unlabelled).
         seen_videos: further videos held out, drawn among those without an unseen-class object;

@@ -1,7 +1,7 @@
 """Generated videos where motion is the only cue: each video is a fresh random texture moving
 ``step`` pixels a frame in one of four directions (its class: right, left, down, up), so a
 frame's appearance says nothing about the class. Written as class-per-folder frame folders for
-:class:`~corrflow.data.action_videos.ActionVideoDataset`."""
+:class:`~corrflow.data.action.videos.ActionVideoDataset`."""
 
 from __future__ import annotations
 
@@ -48,10 +48,10 @@ def write_moving_texture_videos(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m corrflow.data.synthetic_motion <root> [--videos-per-class 40] ...``"""
+    """``python -m corrflow.data.action.synthetic_motion <root> [--videos-per-class 40] ...``"""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m corrflow.data.synthetic_motion", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m corrflow.data.action.synthetic_motion", description=__doc__)
     p.add_argument("root")
     p.add_argument("--videos-per-class", type=int, default=40)
     p.add_argument("--n-frames", type=int, default=8)

@@ -3,7 +3,7 @@
 Layouts (``layout=``, always stated, never guessed from the files):
 
 - ``davis``: ``<root>/JPEGImages/<resolution>/<seq>/*.jpg`` + ``<root>/Annotations/<resolution>/<seq>/*.png``
-  with a split file (read by :class:`corrflow.data.davis.DAVISDataset`) or explicit ``sequences``.
+  with a split file (read by :class:`corrflow.data.vos.davis.DAVISDataset`) or explicit ``sequences``.
 - ``youtube``: YouTube-VOS (``<root>`` is e.g. ``.../train``): ``<root>/JPEGImages/<video>/*.jpg`` +
   ``<root>/Annotations/<video>/*.png``; every video under ``JPEGImages`` unless ``sequences`` names them.
 - ``salient``: a salient-object data set as ECSSD, MSRA10K and DUTS ship: ``<root>/images/*.jpg`` +
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from corrflow.data.davis import FRAME_EXTENSIONS, DAVISDataset, frame_size, read_frame
+from corrflow.data.video.frame_files import FRAME_EXTENSIONS, frame_size, read_frame
+from corrflow.data.vos.davis import DAVISDataset
 from corrflow.utils.io import read_indexed_png
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from corrflow.data.vos import AnnotatedFrame, AnnotatedVideo, read_annotated
+from corrflow.data.vos.annotated import AnnotatedFrame, AnnotatedVideo, read_annotated
 from corrflow.utils.seeding import seeded_cpu_rng
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class RetryingDataset(Dataset):
     unusable ones.
 
     Keys: an index, ``(index, draw_seed)`` or ``(index, draw_seed, max_skip)`` as
-    :class:`corrflow.data.vos_datamodule.ScheduledSkipSampler` yields them. With a draw seed every
+    :class:`corrflow.data.vos.datamodule.ScheduledSkipSampler` yields them. With a draw seed every
     random draw of the item (frame positions, crops, transforms, replacements) comes from it, so
     it is the same wherever and whenever the item is loaded (a resumed run draws what the
     uninterrupted one would); without, from the worker's random state.
@@ -130,7 +130,7 @@ class VOSClipDataset(RetryingDataset):
     """Ordered clips of annotated frames with a frame skip up to ``max_skip``.
 
     Args:
-        videos: the annotated videos (:func:`corrflow.data.vos.annotated_videos`).
+        videos: the annotated videos (:func:`corrflow.data.vos.annotated.annotated_videos`).
         size: (h, w) of the training crops.
         n_frames: frames per clip (3).
         max_skip: the largest skip used when the key brings none (the schedule sampler brings

@@ -1,7 +1,7 @@
 """Videos with keypoints: the record every keypoint dataset yields, and a dataset of DAVIS-layout
 frame folders with keypoints in a JSON file.
 
-JSON format (read by :func:`corrflow.data.keypoint_annotations.load_keypoints_json`)::
+JSON format (read by :func:`corrflow.data.keypoints.annotations.load_keypoints_json`)::
 
     {"sequences": {"<seq>": {"<frame index>": [[x, y, visible], ...], ...}}}
 
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import FrameFiles, VideoSet, list_frame_files
-from corrflow.metrics.pck import query_frame_index
+from corrflow.data.video.frame_files import FrameFiles, VideoSet, list_frame_files
 
-__all__ = ["KeypointVideo", "KeypointVideoDataset", "KeypointVideoSet"]
+__all__ = ["KeypointVideo", "KeypointVideoDataset", "KeypointVideoSet", "query_frame", "query_frame_index"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +49,19 @@ class KeypointVideo(FrameFiles):
         """The query frame's keypoints: coords (K, 2), visible (K,)."""
         return self.coords[self.query_index], self.visible[self.query_index]
 
+
+
+def query_frame_index(visible: np.ndarray) -> int:
+    """Index of the query frame: the first frame with any visible keypoint.
+
+    Args:
+        visible: (T, K) bool.
+    """
+    visible = np.asarray(visible, dtype=bool)
+    frames = np.flatnonzero(visible.any(axis=1))
+    if frames.size == 0:
+        raise ValueError("no keypoint is visible in any frame")
+    return int(frames[0])
 
 
 def query_frame(visible: np.ndarray, *, source: str) -> int:
@@ -92,7 +104,7 @@ class KeypointVideoDataset(KeypointVideoSet):
         resolution: str = "480p",
         sequences: Sequence[str] | None = None,
     ) -> None:
-        from corrflow.data.keypoint_annotations import load_keypoints_json
+        from corrflow.data.keypoints.annotations import load_keypoints_json
 
         self.root = Path(root)
         if not self.root.is_dir():

@@ -5,7 +5,7 @@ Each clip frame is the image (resized to cover the crop) under its own random af
 (rotation, shear, zoom, translation) followed by a random crop. The image and its mask go through
 one ``torchvision.transforms.v2`` call together, so they get the same parameters (the mask with
 nearest-neighbour sampling), and stay aligned. Items have the layout of
-:class:`corrflow.data.vos_clips.VOSClipDataset`'s (without ``frame_index`` and ``max_skip``).
+:class:`corrflow.data.vos.clips.VOSClipDataset`'s (without ``frame_index`` and ``max_skip``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from corrflow.data.vos import AnnotatedFrame
-from corrflow.data.vos_clips import VOID_ID, RetryingDataset, cover_size, keep_first_frame_objects, read_sample, remap_objects
+from corrflow.data.vos.annotated import AnnotatedFrame
+from corrflow.data.vos.clips import VOID_ID, RetryingDataset, cover_size, keep_first_frame_objects, read_sample, remap_objects
 
 __all__ = ["StaticClipDataset", "affine_augmentation"]
 
@@ -58,8 +58,8 @@ class StaticClipDataset(RetryingDataset):
     """Synthetic clips from single annotated images.
 
     Args:
-        frames: the annotated images (:func:`corrflow.data.vos.salient_frames`, or every annotated
-            frame of :func:`corrflow.data.vos.annotated_videos`).
+        frames: the annotated images (:func:`corrflow.data.vos.annotated.salient_frames`, or every annotated
+            frame of :func:`corrflow.data.vos.annotated.annotated_videos`).
         size: (h, w) of the clip frames.
         n_frames: frames per clip (3).
         degrees: rotation range, +-degrees.

@@ -18,22 +18,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from corrflow.data.readers import VideoReadError, num_frames, read_frames
-from corrflow.data.sources import VideoSource
+from corrflow.data.video.readers import VideoReadError, num_frames, read_frames
+from corrflow.data.video.resize import resize_frames
+from corrflow.data.video.sources import VideoSource
 
 log = logging.getLogger(__name__)
-
-
-def resize_frames(frames: np.ndarray, size: Sequence[int]) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, h, w) float in [0, 1], bilinear (no antialias, as cv2.resize)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False).clamp_(0, 1)
-    return x
 
 
 def crop_scale_size(hw: Sequence[int], crop: Sequence[int], short_side: int | None) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 and ordered video clips with a scheduled maximum frame skip (:class:`VOSClipDataModule`).
 
 Batches: ``{"frames": (B, T, 3, h, w), "masks": (B, T, h, w) int64, "n_objects": (B,),
-"skipped": (B,), ...}`` (see :mod:`corrflow.data.vos_clips`).
+"skipped": (B,), ...}`` (see :mod:`corrflow.data.vos.clips`).
 
 The maximum skip is a function of the global step (:func:`max_skip_at`), read by the sampler in
 the main process as it hands out each index, so it follows training (and a resumed run) without
@@ -21,10 +21,10 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from corrflow.data.sampling import ResumableClipSampler, resumable_loader
-from corrflow.data.vos import LAYOUTS, annotated_videos, salient_frames
-from corrflow.data.vos_clips import VOSClipDataset
-from corrflow.data.vos_static import StaticClipDataset
-from corrflow.lit.schedules import linear_schedule
+from corrflow.data.vos.annotated import LAYOUTS, annotated_videos, salient_frames
+from corrflow.data.vos.clips import VOSClipDataset
+from corrflow.data.vos.static import StaticClipDataset
+from corrflow.utils.schedules import linear_schedule
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,13 @@ class _SegmentationDataModule(pl.LightningDataModule):
 
 
 class StaticClipDataModule(_SegmentationDataModule):
-    """Synthetic clips from single images with masks (:class:`~corrflow.data.vos_static.StaticClipDataset`).
+    """Synthetic clips from single images with masks (:class:`~corrflow.data.vos.static.StaticClipDataset`).
     Its ``stage`` is 'static' (recorded in the checkpoints of the runs it feeds).
 
     Args:
         root: one root or a list (same layout).
         layout: 'salient' (``images/`` + ``masks/``), or 'davis' / 'youtube' (every annotated
-            frame of the videos used as an image); see :mod:`corrflow.data.vos`.
+            frame of the videos used as an image); see :mod:`corrflow.data.vos.annotated`.
         year, split, resolution, sequences, validate: which videos (davis / youtube layouts).
         size, n_frames, degrees, shear, scale, translate, max_objects, hflip: the clips.
             With ``n_frames=1`` and ``max_objects`` above any frame's count, single augmented
@@ -145,7 +145,7 @@ class StaticClipDataModule(_SegmentationDataModule):
 
 
 class VOSClipDataModule(_SegmentationDataModule):
-    """Ordered clips of annotated videos with a scheduled maximum skip (:class:`~corrflow.data.vos_clips.VOSClipDataset`).
+    """Ordered clips of annotated videos with a scheduled maximum skip (:class:`~corrflow.data.vos.clips.VOSClipDataset`).
     Its ``stage`` is 'video'.
 
     Args:

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from corrflow.models.backbone import SegmentationBackbone, load_state_exactly
 from corrflow.models.checkpoint import read_checkpoint
+from corrflow.models.motion.temporal_shift import add_temporal_shift
 from corrflow.models.segmenters.checkpoint import FORMAT
-from corrflow.models.temporal_shift import add_temporal_shift
 
 __all__ = ["VideoClassifier", "load_video_classifier"]
 

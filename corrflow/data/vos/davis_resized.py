@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from corrflow.data.davis import DAVISDataset
+from corrflow.data.vos.davis import DAVISDataset
 from corrflow.utils.io import write_indexed_png
 
 __all__ = ["resized_davis", "short_side_size"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from corrflow.data.action_videos import ActionVideoDataset
+from corrflow.data.action.videos import ActionVideoDataset
 from corrflow.data.sampling import default_num_workers, resumable_loader
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from corrflow.data.sources import DECODERS, VideoSource, list_frames
+from corrflow.data.video.sources import DECODERS, VideoSource, list_frames
+from corrflow.utils.cli import register_user_error
 
 log = logging.getLogger(__name__)
 
 
+@register_user_error
 class VideoReadError(RuntimeError):
     """A video or frame could not be read; the message names the file."""
 

@@ -5,7 +5,7 @@
 
 Clips are named ``<action>/<video>``; the list comes from a split file (``<action>/<video>``
 lines, or the release's ``<action>_test_split<k>.txt``) or, without one, every clip on disk.
-The joints are read by :func:`corrflow.data.keypoint_annotations.load_jhmdb_joints`.
+The joints are read by :func:`corrflow.data.keypoints.annotations.load_jhmdb_joints`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from corrflow.data.davis import frame_size, list_frame_files
-from corrflow.data.keypoint_videos import KeypointVideo, KeypointVideoSet, query_frame
+from corrflow.data.keypoints.videos import KeypointVideo, KeypointVideoSet, query_frame
+from corrflow.data.video.frame_files import frame_size, list_frame_files
 
 __all__ = ["JHMDBDataset"]
 
@@ -49,7 +49,7 @@ class JHMDBDataset(KeypointVideoSet):
         sequences: Sequence[str] | None = None,
         visibility: str = "first_frame",
     ) -> None:
-        from corrflow.data.keypoint_annotations import load_jhmdb_joints, read_jhmdb_split_file
+        from corrflow.data.keypoints.annotations import load_jhmdb_joints, read_jhmdb_split_file
 
         self.root = Path(root)
         if not self.root.is_dir():

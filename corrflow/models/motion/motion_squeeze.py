@@ -4,7 +4,7 @@ consecutive frames' features, added back to the features, trained with no flow s
 For the frames of a clip, each frame's features are reduced to ``channels`` and L2-normalised;
 frame t is correlated with frame t+1 over a (2M+1)^2 window
 (:func:`corrflow.attention.local_correlation`, M = 7); a displacement (kernel soft-argmax by
-default, :mod:`corrflow.models.displacement`) and a confidence (the best correlation) are read
+default, :mod:`corrflow.models.motion.displacement`) and a confidence (the best correlation) are read
 off; (dx / M, dy / M, confidence) go through four depthwise-separable convolution blocks to the
 input's width and are added to the input features. The last frame has no successor: it gets the
 motion of the pair before it (as the original does).
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from corrflow.models.displacement import CORRELATIONS, ESTIMATORS, motion_from_features
+from corrflow.models.motion.displacement import CORRELATIONS, ESTIMATORS, motion_from_features
 
 __all__ = ["REDUCTIONS", "MotionSqueeze"]
 

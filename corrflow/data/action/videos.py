@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from corrflow.data.clips import resize_frames
-from corrflow.data.readers import VideoReadError, num_frames, read_frames
-from corrflow.data.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoSource, list_frames
+from corrflow.data.video.readers import VideoReadError, num_frames, read_frames
+from corrflow.data.video.resize import resize_frames
+from corrflow.data.video.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoSource, list_frames
 
 log = logging.getLogger(__name__)
 

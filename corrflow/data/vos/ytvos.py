@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from corrflow.data.davis import AnnotatedFrameFiles, VideoSet, list_frame_files, object_ids
+from corrflow.data.video.frame_files import AnnotatedFrameFiles, VideoSet, list_frame_files
+from corrflow.data.vos.davis import object_ids
 from corrflow.utils.io import read_indexed_png
 
 __all__ = ["YTVOSDataset", "YTVOSObject", "YTVOSVideo", "read_meta"]

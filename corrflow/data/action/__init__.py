@@ -1,0 +1,1 @@
+"""Action recognition data: class-per-folder videos, their datamodule, and generated motion videos."""

@@ -1,0 +1,1 @@
+"""Keypoint propagation data: JHMDB and DAVIS-layout videos with keypoints in JSON."""

@@ -1,0 +1,1 @@
+"""CorrFlow pretraining data: colourisation clips from unlabelled videos and their datamodule."""
