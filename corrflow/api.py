@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["FEATURE_NAMES", "PROTOCOLS", "load_encoder", "propagate"]
 
 FEATURE_NAMES = ("lab", "random", "imagenet")  # conf/features/<name>.yaml, besides `checkpoint` (a path here)
-PROTOCOLS = ("crw", "corrflow")  # conf/protocol/<name>.yaml
+PROTOCOLS = ("crw", "corrflow", "crw_fast")  # conf/protocol/<name>.yaml
 
 
 def load_encoder(ckpt_or_name: str | os.PathLike, *, device: str = "cpu", train: bool = False) -> nn.Module:
@@ -149,8 +149,9 @@ def propagate(
             maps (B, 3, H, W) RGB in [0, 1] to features at that stride; it is moved to ``device``
             and put in eval mode).
         protocol: ``'crw'`` (CRW's: the first frame and the previous 20, top-10, soft feed-back;
-            the literature's) or ``'corrflow'`` (the previous frame only, a 13x13 window, arg-max
-            feed-back), with ``conf/protocol/<name>.yaml``'s values.
+            the literature's), ``'corrflow'`` (the previous frame only, a 13x13 window, arg-max
+            feed-back) or ``'crw_fast'`` (an approximation of CRW's for CPUs: the first frame at
+            half the grid, the previous 10 frames), with ``conf/protocol/<name>.yaml``'s values.
         device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``, or ``'auto'`` (CUDA when available).
 
     Returns:

@@ -216,3 +216,26 @@ def test_onehot_argmax() -> None:
     hard = onehot_argmax(soft)
     assert hard.shape == soft.shape and hard.dtype == soft.dtype
     assert hard[0, :, 0, 0].tolist() == [0.0, 1.0, 0.0] and hard[0, :, 0, 1].tolist() == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("g", [1, 2])
+def test_frames_seen_whole_may_have_their_own_size(g: int) -> None:
+    """The approximate first_stride attends pooled global frames: both paths take a first frame of
+    another size than the query (any location is a candidate) and keep every logit's top-k (float64
+    dense reference); G global frames of that size side by side too."""
+    h, w, r, radius, tile, topk = 11, 13, 3, 4, 4, 6
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 5, h, w, generator=gen, dtype=torch.float64)
+    k0 = torch.randn(1, g, 5, 6, 7, generator=gen, dtype=torch.float64)  # pooled: (6, 7), not (11, 13)
+    v0 = torch.rand(1, g, 3, 6, 7, generator=gen, dtype=torch.float64)
+    keys = torch.randn(1, r, 5, h, w, generator=gen, dtype=torch.float64)
+    values = torch.rand(1, r, 3, h, w, generator=gen, dtype=torch.float64)
+    side = lambda x: x.permute(0, 2, 3, 1, 4).reshape(1, x.shape[2], 6, g * 7)  # noqa: E731 - G frames along the width
+    ref = dense_mixed_reference(q, side(k0), side(v0), keys, values, radius=radius, temperature=0.3, topk=topk, window="disc")
+    out = mixed_context_attention(q, k0 if g > 1 else k0[:, 0], v0 if g > 1 else v0[:, 0], keys, values,
+                                  radius=radius, temperature=0.3, topk=topk, tile=tile, window="disc")  # fmt: skip
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    kr = torch.stack([frame_regions(keys[:, i], radius, tile, "disc") for i in range(r)], dim=2)
+    vr = torch.stack([frame_regions(values[:, i], radius, tile, "disc") for i in range(r)], dim=2)
+    out = mixed_context_attention_regions(q, side(k0), side(v0), kr, vr, radius=radius, temperature=0.3, topk=topk, tile=tile, window="disc")
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)

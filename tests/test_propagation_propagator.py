@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from corrflow.propagation import LabelPropagator, context_indices, onehot_argmax
+from corrflow.propagation.functional import mixed_context_attention
 
 CRW = dict(global_first=True, n_recent=20, radius=12, window="disc", temperature=0.05, topk=10, feedback="soft", normalize=True)
 CORRFLOW = dict(global_first=False, n_recent=1, radius=6, window="square", temperature=1.0, topk=None, feedback="argmax", normalize=False)
@@ -226,3 +227,37 @@ def test_crw_regions_laid_out_once_give_the_same_predictions() -> None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
             assert sorted(fast._ring_frames) == queue  # the ring held the queue, the padded start's repeats included
         assert slow._ring is None
+
+
+def test_first_stride_attends_the_pooled_first_frame() -> None:
+    """first_stride=2 (protocol=crw_fast's): each step equals the CRW attention against the first
+    frame's features average-pooled 2x2 (ceil: a partial last row/column averages what it holds)
+    and re-normalised, its labels pooled alike, the recent frames whole; 1 is the protocol itself."""
+    torch.manual_seed(0)
+    feats = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AvgPool2d(2))
+    feats.stride = 2
+    frames = [torch.rand(3, 30, 38) for _ in range(6)]  # a 15 x 19 grid: odd, so the pooling has partial cells
+    crw = dict(CRW, n_recent=3, radius=5)
+    approx = LabelPropagator(feats, **crw, first_stride=2)
+    first = random_labels(3, 15, 19, seed=1)
+    approx.step(frames[0], first)
+    f0 = approx.embed(frames[0])
+    pooled = torch.zeros(1, 8, 8, 10)
+    plabels = torch.zeros(1, 3, 8, 10)
+    for y in range(8):  # the 2x2 blocks written out, the last row and column hold what is left
+        for x in range(10):
+            pooled[:, :, y, x] = f0[:, :, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].mean((2, 3))
+            plabels[:, :, y, x] = first[None, :, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].mean((2, 3))
+    pooled = torch.nn.functional.normalize(pooled, dim=1)
+    recent = [(f0, first[None])] * 3
+    for frame in frames[1:]:
+        q = approx.embed(frame)
+        keys = torch.stack([f[0] for f, _ in recent])[None]
+        values = torch.stack([v[0] for _, v in recent])[None]
+        expected = mixed_context_attention(q, pooled, plabels, keys, values, radius=5, temperature=CRW["temperature"], topk=CRW["topk"],
+                                           window=CRW["window"])  # fmt: skip
+        got = approx.step(frame)
+        torch.testing.assert_close(got, expected[0], rtol=1e-5, atol=1e-6)
+        recent = [*recent[1:], (q, got[None])]
+    with pytest.raises(ValueError, match="first_stride"):
+        LabelPropagator(feats, **dict(crw, global_first=False, window="square"), first_stride=2)

@@ -74,7 +74,8 @@ def _time(fn, device) -> tuple[float, float]:
 
 
 def run_propagate_benchmark(
-    *, frames: int, height: int, width: int, n_objects: int, device: str, skip_dense: bool = False, encoder: str = "crw"
+    *, frames: int, height: int, width: int, n_objects: int, device: str, skip_dense: bool = False, encoder: str = "crw",
+    approximate: bool = False,
 ) -> list[dict]:
     from corrflow.models.encoder import corrflow_encoder
     from corrflow.propagation.propagator import LabelPropagator
@@ -94,8 +95,9 @@ def run_propagate_benchmark(
 
     last = {}
 
-    def ours(cache_mb: float = 2048, key: str = "ours"):
-        prop = LabelPropagator(enc, device=dev, region_cache_mb=cache_mb)
+    def ours(cache_mb: float | None = None, key: str = "ours", **approx):
+        kwargs = {} if cache_mb is None else {"region_cache_mb": cache_mb}
+        prop = LabelPropagator(enc, device=dev, **kwargs, **approx)
         prop.step(video[0], first)
         for f in video[1:]:
             last[key] = prop.step(f)
@@ -108,6 +110,10 @@ def run_propagate_benchmark(
     rows.append({"impl": "ours, regions cut every frame (earlier code)", "frames": frames, "fps": frames / secs_b, "seconds": secs_b,
                  "peak_gib": peak_b, "max_frames": "unbounded (context only)", "max_diff": float(diff_b.max()),
                  "cells_differing": float((diff_b > 1e-3).float().mean())})  # fmt: skip
+    if approximate:  # protocol=crw_fast: not the protocol, so its labels are not compared
+        secs_a, peak_a = _time(lambda: ours(None, "approximate", first_stride=2, n_recent=10), dev)
+        rows.append({"impl": "approximate (crw_fast: first frame at half the grid, 10 recent frames)", "frames": frames,
+                     "fps": frames / secs_a, "seconds": secs_a, "peak_gib": peak_a, "max_frames": "unbounded (context only)"})  # fmt: skip
     if not skip_dense:
         secs_d, peak_d = _time(lambda: last.update(dense=dense_propagation(video, first, enc)[-1]), dev)
         # the same protocol, so the same labels, up to float rounding: that can reorder two nearly
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--skip-dense", action="store_true")
     p.add_argument("--encoder", choices=("crw", "corrflow", "lab"), default="crw",
                    help="crw: 256-d at stride 8; corrflow: 64-d at stride 4; lab: Lab colour (3-d) at stride 4")
+    p.add_argument("--approximate", action="store_true", help="also time protocol=crw_fast's approximation (first_stride=2, n_recent=10)")
     p.add_argument("--profile", action="store_true", help="where one frame's time goes, end to end, on a real DAVIS-layout video "
                    "(corrflow/benchmarks/propagate_profile.py)")
     p.add_argument("--root", default=None, help="--profile: a DAVIS folder (default: one made from the embedded sample video)")
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return [r]
     frames = a.frames or (100 if a.device.startswith("cuda") else 6)
     rows = run_propagate_benchmark(frames=frames, height=a.height, width=a.width, n_objects=a.objects, device=a.device,
-                                   skip_dense=a.skip_dense, encoder=a.encoder)  # fmt: skip
+                                   skip_dense=a.skip_dense, encoder=a.encoder, approximate=a.approximate)  # fmt: skip
     print(format_rows(rows, device=a.device, height=a.height, width=a.width, encoder=a.encoder))
     return rows
 

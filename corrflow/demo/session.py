@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 FEATURES = ("checkpoint", "imagenet", "lab", "random")  # conf/features/
-PROTOCOLS = ("crw", "corrflow")  # conf/protocol/
+PROTOCOLS = ("crw", "corrflow", "crw_fast")  # conf/protocol/
 ZIP_NAME = "masks.zip"
 
 _HYDRA_LOCK = threading.Lock()

@@ -146,10 +146,11 @@ def mixed_context_attention(
 
     Args:
         query: (B, C, H, W) target features.
-        first_key: (B, C, H, W) features of the frame seen whole (CRW's long-term memory), or
-            (B, G, C, H, W): G frames seen whole (the first frame and the frames where later
-            objects joined), all in the one softmax.
-        first_value: (B, D, H, W) its labels, or (B, G, D, H, W) theirs.
+        first_key: (B, C, H0, W0) features of the frame seen whole (CRW's long-term memory), or
+            (B, G, C, H0, W0): G frames seen whole (the first frame and the frames where later
+            objects joined), all in the one softmax. Usually H0, W0 = H, W; any size works (every
+            location is a candidate): the approximate ``first_stride`` attends a pooled frame.
+        first_value: (B, D, H0, W0) its labels, or (B, G, D, H0, W0) theirs.
         keys: (B, R, C, H, W) features of R recent frames (R may be 0).
         values: (B, R, D, H, W) their labels.
         radius: M, the window half-size for recent frames, in feature cells.
@@ -165,22 +166,20 @@ def mixed_context_attention(
         the result is float32 under autocast, else the inputs' promoted dtype.
     """
     b, c, h, w = query.shape
-    if first_key.dim() == 5:  # G global frames: one long frame of G * H * W locations
-        g = first_key.shape[1]
-        if first_key.shape != (b, g, c, h, w) or first_value.dim() != 5 or first_value.shape[:2] != (b, g):
+    if first_key.dim() == 5:  # G global frames: one long frame of G * H0 * W0 locations
+        g, h0, w0 = first_key.shape[1], first_key.shape[3], first_key.shape[4]
+        if first_key.shape[:3] != (b, g, c) or first_value.dim() != 5 or first_value.shape[:2] != (b, g) or first_value.shape[3:] != (h0, w0):
             raise ValueError(
-                f"first_key must be ({b}, G, {c}, {h}, {w}) and first_value ({b}, G, D, {h}, {w}), "
+                f"first_key must be ({b}, G, {c}, H0, W0) and first_value ({b}, G, D, H0, W0), "
                 f"got {tuple(first_key.shape)} and {tuple(first_value.shape)}"
             )
-        first_key = first_key.permute(0, 2, 3, 1, 4).reshape(b, c, h, g * w)
-        first_value = first_value.permute(0, 2, 3, 1, 4).reshape(b, first_value.shape[2], h, g * w)
-    else:
-        g = 1
+        first_key = first_key.permute(0, 2, 3, 1, 4).reshape(b, c, h0, g * w0)
+        first_value = first_value.permute(0, 2, 3, 1, 4).reshape(b, first_value.shape[2], h0, g * w0)
     d = first_value.shape[1]
-    if first_key.shape != (b, c, h, g * w):
-        raise ValueError(f"first_key {tuple(first_key.shape)} must match query {tuple(query.shape)}")
-    if first_value.shape != (b, d, h, g * w):
-        raise ValueError(f"first_value must be ({b}, D, {h}, {w}), got {tuple(first_value.shape)}")
+    if first_key.dim() != 4 or first_key.shape[:2] != (b, c):
+        raise ValueError(f"first_key {tuple(first_key.shape)} must be ({b}, {c}, H0, W0) for query {tuple(query.shape)}")
+    if first_value.dim() != 4 or first_value.shape[0] != b or first_value.shape[2:] != first_key.shape[2:]:
+        raise ValueError(f"first_value must be ({b}, D, {first_key.shape[2]}, {first_key.shape[3]}), got {tuple(first_value.shape)}")
     if keys.dim() != 5 or keys.shape[0] != b or keys.shape[2:] != (c, h, w):
         raise ValueError(f"keys must be ({b}, R, {c}, {h}, {w}), got {tuple(keys.shape)}")
     r = keys.shape[1]
@@ -201,7 +200,7 @@ def mixed_context_attention(
     if r:
         k_reg = key_region_view(keys.reshape(b * r, c, h, w), reach, tile)  # (B*R, C, nTy, nTx, S, S) view
         v_reg = key_region_view(values.reshape(b * r, d, h, w), reach, tile)
-    per_row = ntx * tt * (g * h * w + r * ss)  # logits of one tile row
+    per_row = ntx * tt * (first_key.shape[2] * first_key.shape[3] + r * ss)  # logits of one tile row
     rows_per_chunk = max(1, max_logits // max(per_row, 1))
     out_rows = []
     for y0 in range(0, nty, rows_per_chunk):
@@ -385,8 +384,9 @@ def mixed_context_attention_regions(
 
     Args:
         query: (B, C, H, W) target features.
-        first_key, first_value: (B, C, H, W') and (B, D, H, W') of the frames seen whole, side by
-            side along the width (W' = G * W; :func:`mixed_context_attention` lays G frames out so).
+        first_key, first_value: (B, C, H0, W') and (B, D, H0, W') of the frames seen whole, side by
+            side along the width (W' = G * W0; :func:`mixed_context_attention` lays G frames out so;
+            usually H0, W0 = H, W, any size works).
         key_regions, value_regions: (B, nTiles, R, U, C) and (B, nTiles, R, U, D): the R recent
             frames' :func:`frame_regions` (with the same ``radius``, ``tile`` and ``window``) side
             by side; a frame may fill several slots (the padded start), counted as often as it does.
@@ -400,7 +400,7 @@ def mixed_context_attention_regions(
     """
     b, c, h, w = query.shape
     d = first_value.shape[1]
-    if first_key.shape[:3] != (b, c, h) or first_value.shape[0] != b or first_value.shape[-1] != first_key.shape[-1]:
+    if first_key.dim() != 4 or first_key.shape[:2] != (b, c) or first_value.shape[0] != b or first_value.shape[2:] != first_key.shape[2:]:
         raise ValueError(f"first_key {tuple(first_key.shape)} / first_value {tuple(first_value.shape)} do not match query {tuple(query.shape)}")
     if topk is None or topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")

@@ -66,6 +66,10 @@ class LabelPropagator:
             the memory that buffer takes, in MiB (about 13x the features of the R recent frames:
             1.9 GiB at 480p with the CRW encoder). Past it, or at 0, every frame's regions are cut
             afresh (:func:`~corrflow.propagation.functional.mixed_context_attention`).
+        first_stride: with ``global_first``, the frames seen whole are attended at 1 / first_stride
+            of the grid (features average-pooled and re-normalised, labels average-pooled): an
+            approximation, first_stride^2 fewer affinities to them; 1 (the protocol) by default.
+            ``protocol=crw_fast`` uses 2 with 10 recent frames. The recent frames stay whole.
         device: where features and labels live.
         harden: what 'argmax' feed-back means for these labels, (1, D, h, w) -> (1, D, h, w);
             default :func:`onehot_argmax` over channels (masks). Keypoint heat maps pass their own
@@ -86,6 +90,7 @@ class LabelPropagator:
         normalize: bool = True,
         backend: str = "auto",
         region_cache_mb: float = 3072,
+        first_stride: int = 1,
         device: torch.device | str = "cpu",
         harden: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
@@ -113,6 +118,9 @@ class LabelPropagator:
         self.normalize = normalize
         self.backend = backend
         self.region_cache_mb = float(region_cache_mb)
+        if int(first_stride) < 1 or (int(first_stride) > 1 and not global_first):
+            raise ValueError(f"first_stride must be >= 1 and needs global_first=True, got {first_stride} (global_first={global_first})")
+        self.first_stride = int(first_stride)
         self.device = torch.device(device)
         self.harden = harden or onehot_argmax
         self.reset()
@@ -230,9 +238,17 @@ class LabelPropagator:
                 self._recent.append((self._t, feats, labels))
         self._t += 1
 
+    def _seen_whole(self, feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """A frame as the global part sees it: itself, or pooled by ``first_stride``."""
+        k = self.first_stride
+        if k == 1:
+            return feats, labels
+        pooled = F.avg_pool2d(feats, k, ceil_mode=True)
+        return (F.normalize(pooled, dim=1) if self.normalize else pooled), F.avg_pool2d(labels, k, ceil_mode=True)
+
     def _propagate(self, query: Tensor) -> Tensor:
         """(1, C, h, w) target features -> (1, D, h, w) labels from the current context."""
-        first_feats, first_labels = self._first
+        first_feats, first_labels = self._seen_whole(*self._first)
         if self.global_first and self.topk is not None and self.n_recent and not self._joined and self._fits_region_cache(query):
             return self._propagate_regions(query, first_feats, first_labels)
         if self.n_recent:
@@ -243,8 +259,9 @@ class LabelPropagator:
             values = first_labels.new_zeros((1, 0, *first_labels.shape[1:]))
         if self.global_first:
             if self._joined:  # the first frame and the frames where objects joined, all seen whole
-                first_feats = torch.stack([first_feats[0], *(f[0] for _, f, _ in self._joined)])[None]  # (1, G, C, h, w)
-                first_labels = torch.stack([first_labels[0], *(v[0] for _, _, v in self._joined)])[None]  # (1, G, D, h, w)
+                joined = [self._seen_whole(f, v) for _, f, v in self._joined]
+                first_feats = torch.stack([first_feats[0], *(f[0] for f, _ in joined)])[None]  # (1, G, C, h0, w0)
+                first_labels = torch.stack([first_labels[0], *(v[0] for _, v in joined)])[None]  # (1, G, D, h0, w0)
             return mixed_context_attention(
                 query, first_feats, first_labels, keys, values,
                 radius=self.radius, temperature=self.temperature, topk=self.topk, window=self.window,
