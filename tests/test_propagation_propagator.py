@@ -221,7 +221,7 @@ def test_crw_regions_laid_out_once_give_the_same_predictions() -> None:
         first = random_labels(3, 15, 19, seed=start)
         fast.step(frames[start], first)
         slow.step(frames[start], first)
-        for t, frame in enumerate(frames[start + 1 :], start=1):
+        for frame in frames[start + 1 :]:
             queue = sorted(i for i, _, _ in fast._recent)  # what this step reads
             a, b = fast.step(frame), slow.step(frame)
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
