@@ -80,6 +80,11 @@ class Tiny(pl.LightningModule):
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Linear(2, 1)
+        self.frozen = torch.nn.BatchNorm1d(2).eval()  # as model.backbone.freeze_bn keeps it
+    def train(self, mode=True):
+        super().train(mode)
+        self.frozen.eval()
+        return self
     def training_step(self, batch, batch_idx):
         loss = self.w(batch[0]).pow(2).mean()
         self.log("loss", loss)
@@ -101,7 +106,8 @@ print("DONE", flush=True)
 """
 
 KNOWN = ("Tip: For seamless cloud logging", "exists and is not empty", "isinstance(treespec, LeafSpec)` is deprecated",
-         "`weights_only` was not set", "Seed set to 7", "TPU available: False, using: 0 TPU cores")  # fmt: skip
+         "`weights_only` was not set", "Seed set to 7", "TPU available: False, using: 0 TPU cores",
+         "module(s) in eval mode at the start of training")  # fmt: skip
 KNOWN_WITHOUT_A_GPU = ("GPU available: False, used: False",)  # a GPU that is there is still reported
 
 

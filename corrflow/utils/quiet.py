@@ -9,6 +9,9 @@ Each entry is a message a run prints that says nothing about this run:
   without the argument (full checkpoints are what a resume needs);
 - ModelCheckpoint's "Checkpoint directory ... exists and is not empty", which a resumed run meets
   by design: it continues in its own run folder;
+- Lightning's "Found N module(s) in eval mode at the start of training": corrflow's only such
+  modules are the BatchNorms that ``model.backbone.freeze_bn=true`` keeps on their running
+  statistics, on purpose;
 - Lightning's "Seed set to N" (``seed_everything``), printed before anything of the run's own:
   corrflow's first line of a run names the seed itself (``git ...; seed N; ...``);
 - Lightning's device lines where they say nothing: "GPU available: False, used: False" on a
@@ -34,6 +37,7 @@ __all__ = ["KNOWN_LOG_LINES", "KNOWN_WARNINGS", "quiet_third_party"]
 KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     (r"Checkpoint directory .* exists and is not empty", UserWarning),
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
 )
 
 # logger name -> message regexes (matched at the start of the formatted message). Lightning logs
