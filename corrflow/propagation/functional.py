@@ -225,7 +225,7 @@ def mixed_context_attention(
         else:
             res = _softmax_combine(parts, v0, vc, tile_queries=tt)
         out_rows.append(res.view(b, len(rows), ntx, tt, d))
-    return _untile(out_rows, h, w, tile)
+    return _untile(torch.cat(out_rows, dim=1), h, w, tile)
 
 
 def _global_candidates(logits: Tensor, v0: Tensor, topk: int) -> tuple[Tensor, Tensor]:
@@ -258,9 +258,8 @@ def _merge_candidates(cand: list[Tensor], vals: list[Tensor], topk: int) -> Tens
     return (w[..., None] * sel).sum(2)
 
 
-def _untile(out_rows: list[Tensor], h: int, w: int, tile: int) -> Tensor:
-    """Per-chunk (B, rows, nTx, TT, D) results -> (B, D, H, W)."""
-    out = torch.cat(out_rows, dim=1)  # (B, nTy, nTx, TT, D)
+def _untile(out: Tensor, h: int, w: int, tile: int) -> Tensor:
+    """(B, nTy, nTx, TT, D) per-tile results -> (B, D, H, W)."""
     b, nty, ntx, _, d = out.shape
     out = out.view(b, nty, ntx, tile, tile, d).permute(0, 5, 1, 3, 2, 4).reshape(b, d, nty * tile, ntx * tile)
     return out[:, :, :h, :w]
@@ -440,4 +439,4 @@ def mixed_context_attention_regions(
             vals.append(lval)
         with record_function("propagate.merge"):
             out.append(_merge_candidates(cand, vals, topk).view(b, n, tt, d))
-    return _untile([torch.cat(out, dim=1).view(b, nty, ntx, tt, d)], h, w, tile)
+    return _untile(torch.cat(out, dim=1).view(b, nty, ntx, tt, d), h, w, tile)

@@ -132,6 +132,7 @@ class LabelPropagator:
         self._recent: deque[tuple[int, Tensor, Tensor]] = deque(maxlen=self.n_recent)
         self._ring: tuple[Tensor, Tensor] | None = None  # (1, nTiles, R, U, C) key and (.., D) label regions of the recent frames
         self._ring_frames: list[int | None] = []  # the frame index each of the R slots holds
+        self._whole: list[tuple[Tensor, Tensor]] | None = None  # the frames seen whole, as attended (pooled by first_stride)
         self._t = 0
 
     @property
@@ -224,7 +225,7 @@ class LabelPropagator:
         self._first = (self._first[0], pad(self._first[1]))
         self._joined = [(i, f, pad(v)) for i, f, v in self._joined]
         self._recent = deque(((i, f, pad(v)) for i, f, v in self._recent), maxlen=self.n_recent)
-        self._ring, self._ring_frames = None, []  # the labels grew channels
+        self._ring, self._ring_frames, self._whole = None, [], None  # the labels grew channels
         if self.global_first:
             self._joined.append((self._t, feats, labels))
         self._remember(feats, labels)
@@ -238,17 +239,22 @@ class LabelPropagator:
                 self._recent.append((self._t, feats, labels))
         self._t += 1
 
-    def _seen_whole(self, feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """A frame as the global part sees it: itself, or pooled by ``first_stride``."""
-        k = self.first_stride
-        if k == 1:
-            return feats, labels
-        pooled = F.avg_pool2d(feats, k, ceil_mode=True)
-        return (F.normalize(pooled, dim=1) if self.normalize else pooled), F.avg_pool2d(labels, k, ceil_mode=True)
+    def _seen_whole(self) -> list[tuple[Tensor, Tensor]]:
+        """The first frame and the frames where objects joined, as the global part attends them:
+        themselves, or pooled by ``first_stride`` (once, until the context changes)."""
+        if self._whole is None:
+            k = self.first_stride
+            frames = [self._first, *((f, v) for _, f, v in self._joined)]
+            if k == 1:
+                self._whole = frames
+            else:
+                pooled = [(F.avg_pool2d(f, k, ceil_mode=True), F.avg_pool2d(v, k, ceil_mode=True)) for f, v in frames]
+                self._whole = [(F.normalize(f, dim=1) if self.normalize else f, v) for f, v in pooled]
+        return self._whole
 
     def _propagate(self, query: Tensor) -> Tensor:
         """(1, C, h, w) target features -> (1, D, h, w) labels from the current context."""
-        first_feats, first_labels = self._seen_whole(*self._first)
+        (first_feats, first_labels), *joined = self._seen_whole()
         if self.global_first and self.topk is not None and self.n_recent and not self._joined and self._fits_region_cache(query):
             return self._propagate_regions(query, first_feats, first_labels)
         if self.n_recent:
@@ -259,7 +265,6 @@ class LabelPropagator:
             values = first_labels.new_zeros((1, 0, *first_labels.shape[1:]))
         if self.global_first:
             if self._joined:  # the first frame and the frames where objects joined, all seen whole
-                joined = [self._seen_whole(f, v) for _, f, v in self._joined]
                 first_feats = torch.stack([first_feats[0], *(f[0] for f, _ in joined)])[None]  # (1, G, C, h0, w0)
                 first_labels = torch.stack([first_labels[0], *(v[0] for _, v in joined)])[None]  # (1, G, D, h0, w0)
             return mixed_context_attention(
