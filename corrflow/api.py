@@ -6,7 +6,7 @@ thin fronts on the code that ``tools/propagate.py`` runs: the ``features`` and `
 (:func:`corrflow.propagation.methods.label_propagation`), the mask targets
 (:class:`corrflow.propagation.targets.MaskTargets`) and the run's per-video stepping
 (:func:`corrflow.propagation.run.propagate_video`), here on an in-memory video
-(:class:`corrflow.demo.clip.ClipVideo`, the demo page's). Their masks are the ones
+(:class:`corrflow.data.vos.clip.ClipVideo`, the demo page's). Their masks are the ones
 ``tools/propagate.py`` writes for the same frames, mask, features and protocol.
 
 Everything heavy is imported when a function is called, so ``import corrflow`` stays cheap.
@@ -18,14 +18,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corrflow.utils.conf import FEATURES, PROTOCOLS
+
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
 __all__ = ["FEATURE_NAMES", "PROTOCOLS", "load_encoder", "propagate"]
 
-FEATURE_NAMES = ("lab", "random", "imagenet")  # conf/features/<name>.yaml, besides `checkpoint` (a path here)
-PROTOCOLS = ("crw", "corrflow", "crw_fast")  # conf/protocol/<name>.yaml
+FEATURE_NAMES = tuple(f for f in FEATURES if f != "checkpoint")  # conf/features/<name>.yaml; `checkpoint` is a path here
 
 
 def load_encoder(ckpt_or_name: str | os.PathLike, *, device: str = "cpu", train: bool = False) -> nn.Module:
@@ -57,9 +58,9 @@ def load_encoder(ckpt_or_name: str | os.PathLike, *, device: str = "cpu", train:
     """
     from hydra.utils import instantiate
 
-    from corrflow.demo.session import compose_propagate
     from corrflow.models.checkpoint import load_encoder as load_checkpoint_encoder
     from corrflow.propagation.run import resolve_device
+    from corrflow.utils.conf import compose_propagate
 
     dev = resolve_device(str(device))
     name = str(ckpt_or_name)
@@ -185,10 +186,10 @@ def propagate(
     from hydra.utils import instantiate
     from torch import nn
 
-    from corrflow.demo.clip import ClipVideo
-    from corrflow.demo.session import compose_propagate
+    from corrflow.data.vos.clip import ClipVideo
     from corrflow.propagation.methods import label_propagation
     from corrflow.propagation.run import propagate_video, resolve_device
+    from corrflow.utils.conf import compose_propagate
     from corrflow.utils.io import read_indexed_png
 
     if protocol not in PROTOCOLS:

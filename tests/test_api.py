@@ -105,7 +105,7 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
         (dict(frames=frames, first_mask=mask.astype(np.int64) + 300), ValueError, r"ids must lie in 0..255"),
         (dict(frames=frames, first_mask=np.zeros_like(mask)), ValueError, r"first_mask holds no object"),
         (dict(frames=frames, first_mask=mask, protocol="videowalk"), ValueError, r"unknown protocol 'videowalk': one of crw, corrflow, crw_fast"),
-        (dict(frames=frames, first_mask=mask, features="sift"), ValueError, r"unknown features 'sift'.*lab, random, imagenet"),
+        (dict(frames=frames, first_mask=mask, features="sift"), ValueError, r"unknown features 'sift'.*imagenet, lab, random"),
         (dict(frames=frames, first_mask=mask, features=str(tmp_path / "gone.ckpt")), FileNotFoundError, r"gone.ckpt: no such checkpoint"),
         (dict(frames=frames, first_mask=mask, features=torch.nn.Identity()), ValueError, r"Identity has no integer \.stride"),
         (dict(frames=frames, first_mask=mask, features=3), ValueError, r"features must be a name"),

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from corrflow.data.video.readers import VideoReadError
-from corrflow.demo.clip import ClipVideo, load_clip, resized_size, sample_clips
+from corrflow.data.vos.clip import ClipVideo, load_clip, resized_size, sample_clips
 from corrflow.demo.masks import (
     ALPHA_THRESHOLD,
     brush_colours,

@@ -249,7 +249,7 @@ def test_demo_page_in_headless_chromium(tmp_path: Path) -> None:
 
 def screenshot(path: Path, *, sample: str = "carphone_pristine.mp4", n: int = 24) -> None:
     """docs/demo.md's picture: a real sample clip, hand-placed ellipses (the head, the bow tie) as the mask."""
-    from corrflow.demo.clip import load_clip, sample_clips
+    from corrflow.data.vos.clip import load_clip, sample_clips
 
     why = missing()
     if why:

@@ -44,7 +44,7 @@ def make_davis_tree(root: Path, *, frames: int = 30, size: tuple[int, int] = (48
     """A DAVIS-2016-layout folder with one sequence made from the embedded sample video."""
     from PIL import Image
 
-    from corrflow.demo.clip import load_clip, sample_clips
+    from corrflow.data.vos.clip import load_clip, sample_clips
     from corrflow.utils.io import write_indexed_png
 
     clip = load_clip(sample_clips()["bikes.mp4"], max_frames=frames, short_side=None)
@@ -92,12 +92,12 @@ def matmul_rate(n: int, c: int, device: torch.device) -> float:
 def run_profile(*, root: str | None, sequence: str | None, features: str, frames: int, short_side: int | None, device: str) -> dict:
     from hydra.utils import instantiate
 
-    from corrflow.demo.session import compose_propagate
     from corrflow.features.lab import LabFeatures
     from corrflow.models.encoder import crw_encoder
     from corrflow.propagation.functional import region_keys
     from corrflow.propagation.methods import label_propagation
     from corrflow.propagation.run import propagate_video
+    from corrflow.utils.conf import compose_propagate
 
     dev = torch.device(device)
     torch.manual_seed(0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import resource
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -18,7 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from corrflow.utils.conf import CONF_DIR
 
 
 class _StepTimer(pl.Callback):
@@ -49,7 +48,7 @@ def _run_one(backend: str, steps: int, warmup: int, overrides: list[str], workdi
     from corrflow.train import prepare_colour_bins, resolve_precision
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True, overrides=[
             "logger=none", f"model.net.attention.backend={backend}", f"trainer.max_steps={warmup + steps}",
             "++trainer.enable_checkpointing=false", "trainer.enable_model_summary=false", *overrides])

@@ -1,7 +1,7 @@
 """The demo page's layout (Gradio, imported lazily: ``pip install -e ".[demo]"``).
 
 :func:`build_app` lays the page out and wires it to the testable functions of
-:mod:`corrflow.demo.clip`, :mod:`corrflow.demo.masks` and :mod:`corrflow.demo.session`;
+:mod:`corrflow.data.vos.clip`, :mod:`corrflow.demo.masks` and :mod:`corrflow.demo.session`;
 :func:`serve` starts it. Every error a user can cause reaches the page as a message
 (``gr.Error``: the one line of :func:`corrflow.utils.cli.one_line`), never as a traceback;
 anything else is logged with its traceback in the terminal and named on the page.
@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from corrflow.data.video.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from corrflow.demo.clip import ClipVideo, load_clip, sample_clips
+from corrflow.data.vos.clip import ClipVideo, load_clip, sample_clips
 from corrflow.demo.masks import brush_colours, frame_of, ids_from_layers, mask_from_png
-from corrflow.demo.session import FEATURES, PROTOCOLS, Cancelled, Segmenters, propagate_clip
+from corrflow.demo.session import Cancelled, Segmenters, propagate_clip
+from corrflow.utils.conf import FEATURES, PROTOCOLS
 from corrflow.utils.overlay import blend_mask
 
 __all__ = ["build_app", "import_gradio", "serve"]

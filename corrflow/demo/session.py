@@ -30,38 +30,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
-from corrflow.demo.clip import ClipVideo
+from corrflow.data.vos.clip import ClipVideo
+from corrflow.utils.conf import CONF_DIR, FEATURES, PROTOCOLS, compose_propagate
 
-__all__ = ["CONF_DIR", "FEATURES", "PROTOCOLS", "Cancelled", "Propagation", "Segmenters", "compose_propagate", "propagate_clip"]
+__all__ = ["Cancelled", "Propagation", "Segmenters", "propagate_clip"]
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-FEATURES = ("checkpoint", "imagenet", "lab", "random")  # conf/features/
-PROTOCOLS = ("crw", "corrflow", "crw_fast")  # conf/protocol/
 ZIP_NAME = "masks.zip"
-
-_HYDRA_LOCK = threading.Lock()
 
 
 class Cancelled(Exception):
     """The user cancelled the run."""
-
-
-def compose_propagate(overrides: list[str], *, conf_dir: str | Path = CONF_DIR) -> DictConfig:
-    """``conf/propagate.yaml`` composed with ``overrides`` (Hydra's compose API). Works inside a
-    running Hydra app (``tools/demo.py``) too: its global state is set aside and put back."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    with _HYDRA_LOCK:
-        gh = GlobalHydra.instance()
-        saved, gh.hydra = gh.hydra, None
-        try:
-            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-                return compose(config_name="propagate", overrides=list(overrides))
-        finally:
-            gh.hydra = saved
 
 
 class Segmenters:

@@ -10,14 +10,13 @@ them (``group: option, option``). A group placed at another package is written
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import OmegaConf
+
+from corrflow.utils.conf import CONF_DIR
 
 __all__ = ["RESOLVER", "format_config_groups", "group_options", "register_help_resolver"]
 
 RESOLVER = "corrflow_config_groups"
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def group_options(group: str) -> list[str]:

@@ -5,7 +5,8 @@
 #
 #   bash docs/experiments/stm_davis2016_dev.sh [DATA=../shared/data] [OUT=logs/stm_dev]
 #   (STARTS="corrflow" runs one start; EXTRA_FINETUNE="model.net.kv_stage=layer4" adds overrides to both
-#   fine-tuning stages, e.g. STM's keys from layer4: OUT=logs/stm_dev_layer4)
+#   fine-tuning stages, e.g. STM's keys from layer4: OUT=logs/stm_dev_layer4; LABEL_PROPAGATION=0 skips
+#   the two label-propagation rows of stage 3)
 #
 # Split (chosen once, used by every fine-tuning head): train on bmx-trees, breakdance,
 # car-roundabout, dance-twirl, paragliding-launch; test on car-shadow, drift-chicane, kite-surf,
@@ -52,10 +53,12 @@ for start in ${STARTS:-random imagenet corrflow}; do
 done
 
 # 3. Label propagation, CRW protocol (full 480p), with the same corrflow encoder and with Lite0.
+if [[ ${LABEL_PROPAGATION:-1} != 0 ]]; then
 python tools/propagate.py task=davis2016 protocol=crw features=checkpoint ckpt="$CORRFLOW_CKPT" \
   data.root="$DAVIS" task.dataset.split=dev "task.dataset.sequences=$TEST" progress=false output_dir="$OUT/eval_lp_crw_corrflow"
 python tools/propagate.py task=davis2016 protocol=crw features=imagenet \
   data.root="$DAVIS" task.dataset.split=dev "task.dataset.sequences=$TEST" progress=false output_dir="$OUT/eval_lp_crw_imagenet"
+fi
 
 # The table: every run's global scores.
 set +f

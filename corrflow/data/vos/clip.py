@@ -1,10 +1,12 @@
-"""The demo's video: a video file, a frame folder or an embedded sample clip, read once, capped
-and resized, held in memory as a video the propagation run can step through.
+"""A video held in memory (a video file, a frame folder or an embedded sample clip, read once,
+capped and resized) with masks given in code rather than annotation files: the video of the demo
+page and of :func:`corrflow.propagate`, which the propagation run steps through as it does a
+dataset's.
 
 :class:`ClipVideo` has what :class:`~corrflow.propagation.targets.MaskTargets` and the run's
 per-video stepping read from a dataset's video (``name``, ``len``, ``frames``, ``frame``, ``mask``,
-``first_mask``, ``given_frames``, ``annotation_path``, ...), with the masks the user marked on
-the page in place of annotation files.
+``first_mask``, ``given_frames``, ``annotation_path``, ...), with the masks the caller gave (the
+demo page: the ones the user painted) in place of annotation files.
 """
 
 from __future__ import annotations
