@@ -143,7 +143,9 @@ def adopt_checkpoint_architecture(cfg: DictConfig, meta: dict | None) -> list[st
         if "init" in bb and bb.init != "random":
             changed.append("model.backbone.init=random (the checkpoint's weights are loaded)")
             bb.init = "random"
-    saved_net = meta.get("segmenter") or {}
+    saved_net = dict(meta.get("segmenter") or {})
+    if meta.get("kind") == "stm" and saved_net:
+        saved_net.setdefault("kv_stage", None)  # written before STM recorded it: the coarsest map
     adopt(cfg.model.get("net"), "model.net", saved_net, list(saved_net))
     return changed
 

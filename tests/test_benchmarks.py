@@ -57,16 +57,18 @@ def test_stm_benchmark_bounded_memory_reads_at_most_the_cap() -> None:
 
 
 def test_stm_benchmark_times_the_layer4_key_source_it_is_asked_for() -> None:
-    """``--kv-stage layer4`` builds STM whose key and value heads read the CorrFlow encoder's 256-d
-    layer4 (the default reads the 64-d head), and the table says which it timed."""
+    """``--kv-stage`` builds STM whose key and value heads read what it names: by default (auto)
+    the CorrFlow encoder's 256-d layer4, with ``none`` the 64-d head; the table says which it timed."""
     from corrflow.benchmarks.stm import build, format_table, run
 
-    assert build("corrflow", "narrow", torch.device("cpu")).query_key.in_channels == 64
-    net = build("corrflow", "narrow", torch.device("cpu"), "layer4")
+    assert build("corrflow", "narrow", torch.device("cpu"), None).query_key.in_channels == 64
+    net = build("corrflow", "narrow", torch.device("cpu"))
     assert net.kv_stage == "layer4" and net.query_key.in_channels == net.memory_key.in_channels == 256
+    rows = run(frames=7, at_frame=20, max_memory=3, arch="corrflow", widths="narrow", size=(48, 64), device="cpu", repeats=1, kv_stage=None)
+    assert all(r["kv_stage"] is None and r["s_per_frame"] > 0 for r in rows)
+    assert "keys and values from the coarsest map" in format_table(rows)
     rows = run(frames=7, at_frame=20, max_memory=3, arch="corrflow", widths="narrow", size=(48, 64), device="cpu", repeats=1, kv_stage="layer4")
-    assert all(r["kv_stage"] == "layer4" and r["s_per_frame"] > 0 for r in rows)
-    assert "keys and values from layer4" in format_table(rows)
+    assert all(r["kv_stage"] == "layer4" for r in rows) and "keys and values from layer4" in format_table(rows)
 
 
 def test_osvos_benchmark_times_the_one_shot_step_and_the_frames() -> None:

@@ -1,7 +1,8 @@
-"""STM's ``kv_stage`` option: keys and values from the CorrFlow encoder's 256-d layer4 pooled to
-stride 8, with a stride-8 refinement in the decoder (issue 21, part 3); the default (the 64-d head
-pooled to stride 8, one refinement at stride 4) unchanged; checkpoints record the setting, and
-older ones without it load as they were; a CPU-sized fine-tune through the real tool."""
+"""STM's ``kv_stage``: keys and values from the CorrFlow encoder's 256-d layer4 pooled to stride 8,
+with a stride-8 refinement in the decoder (issue 21, part 3), the default on that encoder
+(``auto``, the release's arrangement); ``null`` (the 64-d head pooled to stride 8, one refinement at
+stride 4) as before; checkpoints record the setting, and older ones without it load and fine-tune
+as they were; a CPU-sized fine-tune through the real tool."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 
-from corrflow.finetune import finetune
+from corrflow.finetune import adopt_checkpoint_architecture, finetune
 from corrflow.models.backbone import SegmentationBackbone
 from corrflow.models.segmenters import (
     STMInference,
@@ -24,6 +25,7 @@ from corrflow.models.segmenters import (
     segmenter_payload,
     soft_aggregate,
 )
+from corrflow.models.segmenters.stm import default_kv_stage
 from tests.helpers.vos_synthetic import write_davis_tree
 from tests.test_finetune import TINY, compose_finetune_cfg  # the CPU-sized fine-tuning settings
 
@@ -217,6 +219,33 @@ def test_checkpoints_record_kv_stage_and_older_ones_load_as_before(tmp_path):
     loaded_old = load_segmenter(old_path)
     assert loaded_old.kv_stage is None and loaded_old.decoder.skip_strides == [4] and loaded_old.query_key.in_channels == 64
     torch.testing.assert_close(loaded_old(*args), old(*args), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("arch", "expected", "key_in"), [("corrflow", "layer4", 256), ("crw", None, 256), ("lite0", None, 112)])
+def test_auto_default_is_the_releases_arrangement_on_each_backbone(arch, expected, key_in):
+    """The default reads the deepest stage wider than the coarsest map below the key stride: the
+    CorrFlow encoder's layer4 (its coarsest map is the 64-d head, pooled); the CRW variant's and
+    Lite0's coarsest maps are already their deepest wide stage. The config records the choice."""
+    backbone = SegmentationBackbone(arch=arch)
+    assert default_kv_stage(backbone) == expected
+    net = STMSegmenter(backbone=backbone, key_dim=8, value_dim=16, decoder_dim=8)
+    assert net.kv_stage == expected and net.config["kv_stage"] == expected
+    assert net.query_key.in_channels == net.memory_key.in_channels == key_in
+    assert STMSegmenter(backbone=backbone, key_dim=8, value_dim=16, decoder_dim=8, kv_stage=None).config["kv_stage"] is None
+
+
+def test_the_config_default_is_auto_and_an_old_checkpoint_keeps_its_head_keys_when_fine_tuned(tmp_path):
+    """conf/model/stm.yaml asks for ``auto``; fine-tuning from a checkpoint written before
+    ``kv_stage`` was recorded builds the head-keyed network it holds (not auto's layer4), and one
+    that records layer4 builds layer4 whatever the config says."""
+    cfg = compose_finetune_cfg(tmp_path, ["experiment=stm", "model.backbone.arch=corrflow"])
+    assert cfg.model.net.kv_stage == "auto"
+    old = {"kind": "stm", "backbone": {"arch": "corrflow"}, "segmenter": {"key_dim": 8, "value_dim": 16, "decoder_dim": 8, "topk": None}}
+    changed = adopt_checkpoint_architecture(cfg, old)
+    assert cfg.model.net.kv_stage is None and "model.net.kv_stage=None" in changed
+    cfg = compose_finetune_cfg(tmp_path, ["experiment=stm", "model.backbone.arch=corrflow", "model.net.kv_stage=null"])
+    adopt_checkpoint_architecture(cfg, {**old, "segmenter": {**old["segmenter"], "kv_stage": "layer4"}})
+    assert cfg.model.net.kv_stage == "layer4"
 
 
 # -- a CPU-sized fine-tune through the real tool -------------------------------------------------

@@ -46,7 +46,7 @@ def synthetic_video(n: int, size: tuple[int, int], *, seed: int = 0) -> tuple[to
     return torch.stack(frames), first
 
 
-def build(arch: str, widths: str, device: torch.device, kv_stage: str | None = None) -> STMSegmenter:
+def build(arch: str, widths: str, device: torch.device, kv_stage: str | None = "auto") -> STMSegmenter:
     backbone = SegmentationBackbone(init="random", arch=arch, finest_stride=4, min_stride=8, max_stride=16, seed=0)
     return STMSegmenter(backbone=backbone, kv_stage=kv_stage, **WIDTHS[widths]).to(device).eval()
 
@@ -83,7 +83,7 @@ def time_at_frame(net: STMSegmenter, frames: torch.Tensor, first: torch.Tensor, 
 
 
 def run(
-    *, frames: int, at_frame: int, max_memory: int, arch: str, widths: str, size: tuple[int, int], device: str | None, repeats: int, kv_stage: str | None = None
+    *, frames: int, at_frame: int, max_memory: int, arch: str, widths: str, size: tuple[int, int], device: str | None, repeats: int, kv_stage: str | None = "auto"
 ) -> list[dict]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = build(arch, widths, dev, kv_stage)
@@ -93,7 +93,7 @@ def run(
         for name, cap in (("bounded", max_memory), ("unbounded", 10**9)):
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            row = {"memory": name, "device": str(dev), "arch": arch, "kv_stage": kv_stage, "widths": widths, "size": list(size), "frames": frames}
+            row = {"memory": name, "device": str(dev), "arch": arch, "kv_stage": net.kv_stage, "widths": widths, "size": list(size), "frames": frames}
             row.update(time_video(net, video, first, max_memory=cap, device=dev))
             long_bank = min(cap, at_frame // 5 + 2)
             row["at_frame"], row["memory_frames_at_frame"] = at_frame, long_bank
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--at-frame", type=int, default=None, help="the long-video point whose memory bank is simulated (default: 1000 on CUDA, 200 on the CPU)")
     p.add_argument("--max-memory", type=int, default=20)
     p.add_argument("--arch", default="corrflow", help="backbone: corrflow | crw | lite0")
-    p.add_argument("--kv-stage", default=None, help="the side stage STM's keys and values read (model.net.kv_stage; e.g. layer4); default: the coarsest map")
+    p.add_argument("--kv-stage", default="auto", help="what STM's keys and values read (model.net.kv_stage): auto (the default: layer4 on the CorrFlow encoder), "
+                   "a side stage's name (layer4), or none (the coarsest map)")
     p.add_argument("--widths", default="paper", choices=sorted(WIDTHS))
     p.add_argument("--size", type=int, nargs=2, default=[480, 854])
     p.add_argument("--device", default=None)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     cuda = (a.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     rows = run(
         frames=a.frames or (100 if cuda else 6), at_frame=a.at_frame or (1000 if cuda else 200), max_memory=a.max_memory, arch=a.arch, widths=a.widths,
-        size=tuple(a.size), device=a.device, repeats=a.repeats or (10 if cuda else 1), kv_stage=a.kv_stage,
+        size=tuple(a.size), device=a.device, repeats=a.repeats or (10 if cuda else 1), kv_stage=None if a.kv_stage.lower() in ("none", "null") else a.kv_stage,
     )
     print(format_table(rows))
     if a.json:

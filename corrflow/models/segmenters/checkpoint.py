@@ -65,6 +65,9 @@ def load_segmenter(path: str | os.PathLike, *, kind: str = "stm", map_location: 
         # written before OSVOS recorded its side stages: they were the last n_sides of all side
         # stages (on the CRW variant the head too, repeating layer3)
         segmenter["stages"] = backbone.side_stages[-int(segmenter["n_sides"]) :]
+    if kind == "stm":
+        # written before STM recorded kv_stage: its keys and values came from the coarsest map
+        segmenter.setdefault("kv_stage", None)
     net = classes[kind](backbone=backbone, **segmenter)
     prefix = meta["prefix"]
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

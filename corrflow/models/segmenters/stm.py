@@ -15,14 +15,15 @@ ICCV 2019), on a :class:`~corrflow.models.backbone.SegmentationBackbone`.
 
 Where the keys and values come from (``kv_stage``): the release (Oh et al.) reads them from
 ResNet-50's res4 (1024-d, stride 16) and refines at res3 (stride 8) and res2 (stride 4). On the
-CorrFlow encoder, which stays at stride 4 and ends in a 3x3 conv to 64-d, the default
-(``kv_stage=None``: the coarsest map) is that 64-d head average-pooled to stride 8, and the decoder
-refines once, at stride 4. ``kv_stage='layer4'`` reads the 256-d layer4 instead, average-pooled to
-stride 8 (no new parameters), and since the heads then no longer read the backbone's stride-8 map
-(the head pooled), the decoder refines with it first: a stride-8 refinement stage (the release's
-res3 place), then the stride-4 one. Any side stage of the backbone (``backbone.side_stages``) whose
-stride divides the backbone's can be named; on the CRW variant and Lite0, whose coarsest maps are
-already the deepest wide stage, the default is the release's arrangement.
+CorrFlow encoder, which stays at stride 4 and ends in a 3x3 conv to 64-d, the coarsest map
+(``kv_stage=None``) is that 64-d head average-pooled to stride 8, and the decoder refines once, at
+stride 4. ``kv_stage='layer4'`` reads the 256-d layer4 instead, average-pooled to stride 8 (no new
+parameters), and since the heads then no longer read the backbone's stride-8 map (the head
+pooled), the decoder refines with it first: a stride-8 refinement stage (the release's res3
+place), then the stride-4 one. Any side stage of the backbone (``backbone.side_stages``) whose
+stride divides the backbone's can be named. The default, ``'auto'`` (:func:`default_kv_stage`), is
+the release's arrangement on every backbone: layer4 on the CorrFlow encoder, and the coarsest map
+on the CRW variant and Lite0, whose coarsest maps already are their deepest wide stage.
 
 :class:`STMInference` holds one video's memory: the first frame, every ``every``-th frame (the
 oldest dropped past ``max_frames``) and the previous frame.
@@ -42,7 +43,7 @@ from corrflow.models.backbone import SegmentationBackbone
 from corrflow.models.segmenters.functional import memory_read, soft_aggregate
 from corrflow.utils.grid import pad_to_stride
 
-__all__ = ["QueryFeatures", "STMDecoder", "STMInference", "STMSegmenter"]
+__all__ = ["default_kv_stage", "QueryFeatures", "STMDecoder", "STMInference", "STMSegmenter"]
 
 VOID_ID = 255
 
@@ -109,6 +110,18 @@ class QueryFeatures:
     padded: tuple[int, int]
 
 
+def default_kv_stage(backbone: SegmentationBackbone) -> str | None:
+    """Where STM's keys and values come from by default (``kv_stage='auto'``), the release's
+    arrangement on any backbone: the deepest side stage finer than the backbone's stride and wider
+    than its coarsest map (the release's res4 is its deepest wide stage, refined at each finer
+    stride). On the CorrFlow encoder, whose coarsest map is its 64-d head pooled to stride 8, that
+    is the 256-d layer4; the CRW variant and Lite0 have none (their coarsest map is already their
+    deepest wide stage), so None: the coarsest map."""
+    coarsest = backbone.channels[backbone.stride]
+    wider = [s for s in backbone.side_stages if backbone.stage_strides[s] < backbone.stride and backbone.stage_channels[s] > coarsest]
+    return wider[-1] if wider else None
+
+
 class STMSegmenter(nn.Module):
     """
     Args:
@@ -118,10 +131,12 @@ class STMSegmenter(nn.Module):
         decoder_dim: the decoder's width (256 in the paper).
         topk: memory read over the k largest affinities of each query position (None: all).
         kv_stage: None (the backbone's coarsest map feeds the key and value heads, and the decoder
-            refines with the finer maps) or the name of a side stage of the backbone (the CorrFlow
+            refines with the finer maps), the name of a side stage of the backbone (the CorrFlow
             encoder's 'layer4') whose output, average-pooled to the backbone's stride, feeds
-            them; the decoder then refines with every backbone map up to the backbone's stride
-            (a refinement at the key stride too). See the module docstring.
+            them (the decoder then refines with every backbone map up to the backbone's stride,
+            a refinement at the key stride too), or 'auto' (the default:
+            :func:`default_kv_stage`, the release's arrangement). ``config`` records the resolved
+            choice. See the module docstring.
 
     Frames of any size: they are padded (bottom, right, replicating the border) to a multiple of
     the backbone's stride and the logits cropped back.
@@ -135,13 +150,15 @@ class STMSegmenter(nn.Module):
         value_dim: int = 512,
         decoder_dim: int = 256,
         topk: int | None = None,
-        kv_stage: str | None = None,
+        kv_stage: str | None = "auto",
     ) -> None:
         super().__init__()
         if backbone.extra_in_channels:
             raise ValueError("STM builds its memory encoder's extra inputs itself: give a backbone with extra_in_channels=0")
         if topk is not None and topk < 1:
             raise ValueError(f"topk must be >= 1 or null, got {topk}")
+        if kv_stage == "auto":
+            kv_stage = default_kv_stage(backbone)
         self.config: dict[str, Any] = {"key_dim": key_dim, "value_dim": value_dim, "decoder_dim": decoder_dim, "topk": topk, "kv_stage": kv_stage}
         self.topk = topk
         self.stride = backbone.stride
