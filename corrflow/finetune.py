@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from corrflow.models.backbone import load_state_exactly
 from corrflow.models.checkpoint import read_checkpoint
+from corrflow.models.segmenters.checkpoint import recorded_segmenter_config
 from corrflow.train import (
     build_trainer,
     fit_and_finish,
@@ -143,9 +144,7 @@ def adopt_checkpoint_architecture(cfg: DictConfig, meta: dict | None) -> list[st
         if "init" in bb and bb.init != "random":
             changed.append("model.backbone.init=random (the checkpoint's weights are loaded)")
             bb.init = "random"
-    saved_net = dict(meta.get("segmenter") or {})
-    if meta.get("kind") == "stm" and saved_net:
-        saved_net.setdefault("kv_stage", None)  # written before STM recorded it: the coarsest map
+    saved_net = recorded_segmenter_config(meta) if meta.get("segmenter") else {}
     adopt(cfg.model.get("net"), "model.net", saved_net, list(saved_net))
     return changed
 

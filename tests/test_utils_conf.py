@@ -25,9 +25,11 @@ def test_choices_are_the_config_folders_options(group: str, choices: tuple[str, 
 def test_compose_propagate_applies_overrides_and_each_protocol_composes() -> None:
     for protocol in PROTOCOLS:
         cfg = compose_propagate([f"protocol={protocol}", "features=lab"])
+        assert cfg.protocol.name == protocol  # each conf/protocol/<name>.yaml names itself
         assert cfg.protocol == compose_config("propagate", [f"protocol={protocol}"]).protocol
     crw, fast = compose_propagate(["protocol=crw"]), compose_propagate(["protocol=crw_fast"])
     assert crw.protocol != fast.protocol  # the override reached the config
+    assert fast.protocol.propagator.first_stride == 2 and fast.protocol.propagator.n_recent == 10  # conf/protocol/crw_fast.yaml
 
 
 def test_compose_inside_a_running_hydra_app_puts_its_state_back(tmp_path: Path) -> None:
@@ -56,6 +58,7 @@ def test_compose_from_threads_gives_each_its_own_overrides() -> None:
     for t in threads:
         t.join()
     for p in PROTOCOLS:
+        assert got[p].name == p
         assert got[p] == compose_propagate([f"protocol={p}"]).protocol
 
 

@@ -19,9 +19,15 @@ from torch import nn
 from corrflow.models.backbone import SegmentationBackbone, load_state_exactly
 from corrflow.models.checkpoint import read_checkpoint
 
-__all__ = ["FORMAT", "load_segmenter", "segmenter_payload"]
+__all__ = ["FORMAT", "load_segmenter", "recorded_segmenter_config", "segmenter_payload"]
 
 FORMAT = 1
+
+# settings added to a segmenter's config after checkpoints were written without them, with the
+# value those checkpoints were trained under (not today's default)
+_BEFORE_RECORDED: dict[str, dict[str, Any]] = {
+    "stm": {"kv_stage": None},  # keys and values from the coarsest map
+}
 
 
 def _segmenter_classes() -> dict[str, type[nn.Module]]:
@@ -35,6 +41,12 @@ def segmenter_payload(net: nn.Module, *, kind: str, prefix: str) -> dict[str, An
     """The ``checkpoint["corrflow"]`` entry for a segmenter ``net`` living at ``prefix`` of the
     module's state dict (its ``backbone``'s config describes the backbone)."""
     return {"format": FORMAT, "kind": kind, "backbone": dict(net.backbone.config), "segmenter": dict(net.config), "prefix": prefix}
+
+
+def recorded_segmenter_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """The segmenter's config a checkpoint's ``corrflow`` record ``meta`` holds, with the settings
+    it predates filled in as it was trained (so that today's defaults do not rebuild it otherwise)."""
+    return {**_BEFORE_RECORDED.get(str(meta.get("kind")), {}), **(meta.get("segmenter") or {})}
 
 
 def load_segmenter(path: str | os.PathLike, *, kind: str = "stm", map_location: str | torch.device = "cpu") -> nn.Module:
@@ -60,14 +72,11 @@ def load_segmenter(path: str | os.PathLike, *, kind: str = "stm", map_location: 
         raise ValueError(f"{path}: checkpoint format {meta['format']} is newer than this corrflow ({FORMAT})")
     classes = _segmenter_classes()
     backbone = SegmentationBackbone.from_config(meta["backbone"])
-    segmenter = dict(meta["segmenter"])
+    segmenter = recorded_segmenter_config(meta)
     if kind.startswith("osvos") and "stages" not in segmenter:
         # written before OSVOS recorded its side stages: they were the last n_sides of all side
         # stages (on the CRW variant the head too, repeating layer3)
         segmenter["stages"] = backbone.side_stages[-int(segmenter["n_sides"]) :]
-    if kind == "stm":
-        # written before STM recorded kv_stage: its keys and values came from the coarsest map
-        segmenter.setdefault("kv_stage", None)
     net = classes[kind](backbone=backbone, **segmenter)
     prefix = meta["prefix"]
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
